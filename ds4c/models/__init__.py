@@ -1,0 +1,1 @@
+"""Plain-PyTorch model definitions that ds4c captures (the Llama family)."""

@@ -1,0 +1,109 @@
+"""The template contract: a Triton source file with named holes plus, beside it, its search space, validity
+predicate, heuristic default, torch reference and input maker.
+
+A *problem* is a JSON-able dict that fully describes one kernel instance: sizes, dtypes and the hole values
+(an epilogue expression, a flag). Everything below is a pure function of the problem:
+
+    source = template.source(problem)                # Triton module text
+    mod    = runtime.loader.load_source(source)      # defines launch(*outputs, *inputs, **kwargs)
+    outs, ins = template.make_inputs(problem, device, generator)
+    mod.launch(*outs, *ins, **template.launch_kwargs(problem), **config)
+    refs = template.reference(problem, ins)          # float32/float64 tensors, same shapes as outs
+
+`config` holds tile sizes and the like (UPPER_CASE names for constexprs; num_warps, num_stages); its keys are
+exactly `template.space.names`. The runtime calls `launch` the same way, with buffers from the plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+import torch
+
+from ds4c.device import GpuInfo
+
+Problem = dict
+Config = dict
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Candidate values per tunable parameter, in a fixed order. Data only: no code is ever read from it."""
+
+    params: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.params)
+
+    def grid(self) -> Iterator[Config]:
+        """Every combination, in a stable order (the exhaustive search)."""
+        for values in itertools.product(*(vals for _, vals in self.params)):
+            yield dict(zip(self.names, values, strict=True))
+
+    def size(self) -> int:
+        n = 1
+        for _, vals in self.params:
+            n *= len(vals)
+        return n
+
+    def contains(self, config: object) -> bool:
+        """True when config is a dict with exactly these keys, each an int among the candidates."""
+        if not isinstance(config, dict) or set(config) != set(self.names):
+            return False
+        allowed = dict(self.params)
+        return all(type(v) is int and v in allowed[k] for k, v in config.items())
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    file: str  # "rmsnorm.py.j2" in this package
+    space: SearchSpace
+    holes: Callable[[Problem], dict]  # problem -> jinja variables
+    valid: Callable[[Config, Problem, GpuInfo], bool]  # prunes before anything compiles
+    default: Callable[[Problem, GpuInfo], Config]  # works without tuning; must satisfy valid
+    make_inputs: Callable[[Problem, torch.device, torch.Generator], tuple[list, list]]
+    reference: Callable[[Problem, list], list]
+    launch_kwargs: Callable[[Problem], dict]  # problem scalars passed to launch (eps, scale, ...)
+    cost: Callable[[Problem], tuple[float, float]]  # (flops, minimum bytes moved), for rooflines
+
+    def source(self, problem: Problem) -> str:
+        return render(self.file, **self.holes(problem))
+
+    def source_hash(self, problem: Problem) -> str:
+        return hashlib.sha256(self.source(problem).encode()).hexdigest()[:16]
+
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                          trim_blocks=True, lstrip_blocks=True)
+
+
+def render(file: str, **holes: object) -> str:
+    """Fill the named holes of a template file of this package."""
+    text = (resources.files("ds4c.kernel_templates") / file).read_text()
+    return _ENV.from_string(text).render(**holes)
+
+
+def problem_key(problem: Problem) -> str:
+    """Stable text of a problem: sorted-key JSON."""
+    return json.dumps(problem, sort_keys=True, separators=(",", ":"))
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """torch dtype from its short name ("bfloat16"); only float and int8 dtypes are accepted."""
+    allowed = {"float32", "float16", "bfloat16", "float64", "int8", "float8_e4m3fn", "int32", "int64"}
+    if name not in allowed:
+        raise ValueError(f"dtype {name!r} is not one ds4c kernels take")
+    return getattr(torch, name)
+
+
+def randn(shape, dtype: torch.dtype, device, gen: torch.Generator, std: float = 1.0) -> torch.Tensor:
+    """Fresh normal random values (generated in fp32 on CPU for reproducibility, then moved)."""
+    return (torch.randn(shape, generator=gen, dtype=torch.float32) * std).to(dtype).to(device)

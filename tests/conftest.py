@@ -1,0 +1,24 @@
+"""Test setup: without a CUDA GPU, Triton kernels run under the interpreter on CPU tensors.
+
+Every test gets its own ds4c cache directory, so no test reads another's kernels or tuning results.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DS4C_CACHE_DIR", str(tmp_path_factory.mktemp("ds4c-cache")))
+
+
+@pytest.fixture
+def device():
+    from ds4c.device import default_device
+
+    return default_device()
