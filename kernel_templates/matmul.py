@@ -1,0 +1,104 @@
+"""matmul template: tensor-core tiles (tl.dot) of out = epilogue(x @ W.T) with an optional RMSNorm row scale,
+dual weights, bias, extra inputs and int8/fp8 weights (kernel_templates/matmul.py.j2). The prefill choice;
+`gemv` takes the same problem for a few rows. The problem schema and reference live in _mm_common.py.
+"""
+
+from __future__ import annotations
+
+from ds4c.kernel_templates import _mm_common as C
+from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
+
+from ds4c.device import GpuInfo
+
+SPACE = SearchSpace((
+    ("BLOCK_M", (16, 32, 64, 128, 256)),
+    ("BLOCK_N", (16, 32, 64, 128, 256)),
+    ("BLOCK_K", (16, 32, 64, 128)),
+    ("GROUP_M", (1, 4, 8)),
+    ("num_warps", (4, 8)),
+    ("num_stages", (2, 3, 4, 5)),
+))
+
+_ACC_REGS = 128  # fp32 accumulator registers per thread we allow (128x256 tiles on 8 warps use 128)
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def smem_bytes(config: Config, p: Problem) -> int:
+    """Shared memory of the pipelined operand buffers: num_stages copies of an x tile and the W tile(s)."""
+    act = dtype_of(p["dtype"]).itemsize
+    wb = act if p["w_dtype"] == "same" else 1
+    n_w = 2 if p["dual"] else 1
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    return config["num_stages"] * bk * (bm * act + n_w * bn * wb)
+
+
+def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
+    """Prune before compiling: shared memory, accumulator registers, tiles far beyond the problem."""
+    if not SPACE.contains(config):
+        return False
+    p = problem
+    bm, bn, bk, warps = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    n_acc = 2 if p["dual"] else 1
+    if n_acc * bm * bn > _ACC_REGS * 32 * warps or bm * bn < 64 * warps:
+        return False
+    # no tile dimension beyond the next power of two of the problem (16 is the tl.dot minimum)
+    cap = {d: max(16, _pow2_ceil(p[d])) for d in "MNK"}
+    if bm > cap["M"] or bn > cap["N"] or bk > cap["K"]:
+        return False
+    if config["GROUP_M"] > 1 and p["M"] <= bm:  # one row of tiles: grouping changes nothing
+        return False
+    # fp32 operands take twice the registers per K step; keep their K tiles short
+    if p["dtype"] == "float32" and bk > 64:
+        return False
+    return smem_bytes(config, p) <= gpu.smem_per_block
+
+
+def _shrink(config: Config, p: Problem, gpu: GpuInfo) -> Config:
+    """Walk a preferred config down (stages, then K, N, M tiles, then grouping) until it is valid."""
+    c = dict(config)
+    steps = [("num_stages", 2), ("BLOCK_K", 16), ("BLOCK_N", 16), ("BLOCK_M", 16), ("GROUP_M", 1)]
+    while not valid(c, p, gpu):
+        for key, floor in steps:
+            if c[key] > floor:
+                c[key] = c[key] - 1 if key == "num_stages" else (1 if key == "GROUP_M" else c[key] // 2)
+                break
+        else:
+            c["num_warps"] = 4
+            if not valid(c, p, gpu):
+                raise ValueError(f"no valid matmul config for {p}")
+        if c["BLOCK_M"] * c["BLOCK_N"] < 64 * c["num_warps"]:
+            c["num_warps"] = 4
+    return c
+
+
+def default(problem: Problem, gpu: GpuInfo) -> Config:
+    """Hopper heuristics: 128x256x64 on 8 warps with 3 stages for large M (the best pointer/TMA tile in our
+    H200 measurements), 128x128 for dual weights (two accumulators), skinny M tiles for small M."""
+    p = problem
+    M, N = p["M"], p["N"]
+    bk = 32 if p["dtype"] == "float32" else 64
+    if M >= 128:
+        bm, bn, warps, stages = 128, (128 if p["dual"] else 256), 8, 3
+    else:
+        bm, bn, warps, stages = max(16, _pow2_ceil(M)), 128, 4, 4
+        bk = 128 if p["dtype"] != "float32" else 64
+    c = {"BLOCK_M": bm, "BLOCK_N": min(bn, max(16, _pow2_ceil(N))), "BLOCK_K": bk,
+         "GROUP_M": 8 if M > bm else 1, "num_warps": warps, "num_stages": stages}
+    return _shrink(c, p, gpu)
+
+
+TEMPLATE = Template(
+    name="matmul",
+    file="matmul.py.j2",
+    space=SPACE,
+    holes=C.holes,
+    valid=valid,
+    default=default,
+    make_inputs=C.make_inputs,
+    reference=C.reference,
+    launch_kwargs=C.launch_kwargs,
+    cost=C.cost,
+)
