@@ -1,0 +1,90 @@
+"""Engine adapters: each turns the one model object into a (prefill, decode) pair with the model's API.
+
+    prefill(tokens int64 [1, T], last int64 [1]) -> logits [1, vocab]
+    decode(token int64 [1, 1], pos int64 [1]) -> logits [1, vocab]      (static KV cache, in place)
+
+Engines: "eager" (the model's own methods), "inductor" (torch.compile default for prefill,
+mode="reduce-overhead" for decode), "inductor-max-autotune" (mode="max-autotune" for both; CUDA graphs)
+and "ds4c" (ds4c.llm.compile_llm; decode is one CUDA graph replay). Outputs may live in a CUDA graph's
+memory pool: a caller that keeps logits past the next call must clone them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot be built here (missing module, unsupported device): recorded as a note."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    tune_trials: int | None = None  # ds4c: Optuna trials per kernel (None: compile_llm's default)
+    db: str | None = None  # ds4c: tuning DB path or URL (None: compile_llm's default)
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    prefill: Callable
+    decode: Callable
+    modes: dict = field(default_factory=dict)  # what each phase runs as, for the record
+    handle: object = None  # keeps compiled objects alive while the engine is
+
+
+def _eager(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    return Engine("eager", model.prefill, model.decode, {"prefill": "eager", "decode": "eager"})
+
+
+def _compile(fn: Callable, mode: str | None) -> Callable:
+    """torch.compile(fn) with static shapes; marks a new cudagraph-trees step before each call."""
+    compiled = torch.compile(fn, mode=mode, dynamic=False)
+
+    def call(*args):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+
+    return call
+
+
+def _inductor(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    return Engine("inductor", _compile(model.prefill, None), _compile(model.decode, "reduce-overhead"),
+                  {"prefill": "torch.compile default", "decode": "torch.compile mode=reduce-overhead"})
+
+
+def _max_autotune(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    return Engine("inductor-max-autotune", _compile(model.prefill, "max-autotune"),
+                  _compile(model.decode, "max-autotune"),
+                  {"prefill": "torch.compile mode=max-autotune", "decode": "torch.compile mode=max-autotune"})
+
+
+def _ds4c(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    try:
+        from ds4c.llm import compile_llm
+    except Exception as e:  # not written yet, or broken import: the run goes on without it
+        raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
+    kwargs = {k: v for k, v in (("tune_trials", opts.tune_trials), ("db", opts.db)) if v is not None}
+    compiled = compile_llm(model, prefill_len=prompt_len, **kwargs)
+    return Engine("ds4c", compiled.prefill, compiled.decode,
+                  {"prefill": "ds4c plan", "decode": "ds4c plan, one CUDA graph replay"}, handle=compiled)
+
+
+BUILDERS: dict[str, Callable[..., Engine]] = {
+    "eager": _eager,
+    "inductor": _inductor,
+    "inductor-max-autotune": _max_autotune,
+    "ds4c": _ds4c,
+}
+ENGINE_NAMES: tuple[str, ...] = tuple(BUILDERS)
+INDUCTOR_ENGINES: tuple[str, ...] = ("inductor", "inductor-max-autotune")
+
+
+def build(name: str, model, prompt_len: int, opts: BuildOptions) -> Engine:
+    """Build engine `name` over model (raises EngineUnavailable, or whatever compilation raises)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINE_NAMES)}")
+    return BUILDERS[name](model, prompt_len, opts)

@@ -1,0 +1,199 @@
+"""Measurement primitives of the benchmark: timestamps (CUDA events on a GPU, perf_counter on a CPU),
+quantiles, NVML energy, kernel launches seen by the profiler, and peak memory.
+
+Nothing here synchronises the GPU between timestamps; `Stamps.elapsed_ms` synchronises once at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stamps:
+    """A sequence of timestamps; elapsed_ms() gives the times between consecutive marks."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def elapsed_ms(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+    def total_ms(self) -> float:
+        """Time from the first mark to the last."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return self.marks[0].elapsed_time(self.marks[-1])
+        return (self.marks[-1] - self.marks[0]) * 1e3
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile (q in [0, 1]) of a non-empty list, as numpy's default method."""
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Stats:
+    median: float
+    p10: float
+    p90: float
+
+    @staticmethod
+    def of(xs: list[float]) -> Stats:
+        return Stats(quantile(xs, 0.5), quantile(xs, 0.1), quantile(xs, 0.9))
+
+
+# --- energy -------------------------------------------------------------------------------------------
+
+class EnergyMeter:
+    """Total energy of the GPU in millijoules via NVML (nvidia-ml-py's `pynvml`).
+
+    open() returns (meter, None) or (None, note) when NVML, the module or the counter is missing.
+    """
+
+    def __init__(self, nvml, handle):
+        self._nvml = nvml
+        self._handle = handle
+
+    @staticmethod
+    def open(device: torch.device) -> tuple[EnergyMeter | None, str | None]:
+        if device.type != "cuda":
+            return None, "no energy counter on a CPU"
+        try:
+            import pynvml
+        except ImportError:
+            return None, "pynvml (nvidia-ml-py) not installed: no energy figure"
+        try:
+            pynvml.nvmlInit()
+            handle = _nvml_handle(pynvml, device)
+            meter = EnergyMeter(pynvml, handle)
+            meter.read_mj()
+            return meter, None
+        except Exception as e:  # NVML errors are many classes; any of them means no figure
+            return None, f"NVML energy counter unavailable: {e}"
+
+    def read_mj(self) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+
+def _nvml_handle(pynvml, device: torch.device):
+    """The NVML handle of a CUDA device, by PCI bus id when torch knows it (CUDA_VISIBLE_DEVICES reorders)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        dom = getattr(props, "pci_domain_id", 0)
+        dev = getattr(props, "pci_device_id", 0)
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(f"{dom:08x}:{bus:02x}:{dev:02x}.0".encode())
+        except Exception:
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def driver_version() -> str:
+    """The NVIDIA driver version, "none" without a GPU, "unknown" when it cannot be read."""
+    if not torch.cuda.is_available():
+        return "none"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:
+        pass
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return out.strip().splitlines()[0]
+    except Exception:
+        return "unknown"
+
+
+# --- kernel launches ------------------------------------------------------------------------------------
+
+_NOT_KERNELS = ("memcpy", "memset")
+
+
+def count_kernels(events) -> int:
+    """Number of GPU kernel events among profiler events (memcpy and memset are not kernels)."""
+    n = 0
+    for e in events:
+        dt = getattr(e, "device_type", None)
+        if dt is None or "CUDA" not in str(dt):
+            continue
+        if any(w in e.name.lower() for w in _NOT_KERNELS):
+            continue
+        n += 1
+    return n
+
+
+def launches_per_step(step, steps: int, device: torch.device) -> tuple[float | None, str | None]:
+    """GPU kernels the profiler records during `steps` calls of step(i), divided by steps."""
+    if device.type != "cuda":
+        return None, "launch count needs a CUDA device"
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(i)
+        sync(device)
+    n = count_kernels(prof.events())
+    if n == 0:
+        return None, "profiler saw no GPU kernels (CUDA graph nodes not traced?)"
+    return n / steps, None
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    """Peak allocated memory since the last reset_peak, GiB; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def free_memory(device: torch.device) -> None:
+    """Drop compiled graphs and cached blocks, so one engine's leftovers do not weigh on the next."""
+    import gc
+
+    try:
+        torch._dynamo.reset()
+    except Exception:
+        pass
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
