@@ -1,0 +1,153 @@
+"""Measuring one candidate config: render -> load -> launch on random inputs -> check -> time.
+
+Sits inside the tuner: it is the objective Optuna minimises. No config is timed until its outputs (poisoned
+before the launch, so unwritten elements show) match the template's fp32/fp64 reference within
+ds4c.precision.TOLERANCE. Anything that fails to compile, raises, runs out of resources or is wrong returns
+a failed Measurement with the reason; it never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import traceback
+from dataclasses import dataclass
+
+import torch
+from ds4c.kernel_templates.base import Config, Problem, Template
+from ds4c.runtime.loader import load_source
+
+from ds4c.device import GpuInfo, default_device
+from ds4c.precision import TOLERANCE, rel_error
+
+INTERPRETER_REPS = 3  # wall-clock runs under the interpreter (its timings say nothing about a GPU)
+MAX_INPUT_SETS = 32  # rotating input sets on the GPU, so a small problem is not timed from a warm L2
+
+
+@dataclass(frozen=True)
+class Measurement:
+    ok: bool
+    us: float  # median microseconds per launch; inf when not ok
+    reason: str = ""  # why it failed ("" when ok)
+
+
+def _fail(stage: str, err: BaseException | str) -> Measurement:
+    text = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return Measurement(False, math.inf, f"{stage}: {text}"[:2000])
+
+
+def poison(t: torch.Tensor) -> None:
+    """Fill an output with values no correct kernel leaves behind."""
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    elif t.dtype == torch.bool:
+        t.fill_(True)
+    else:
+        t.fill_(torch.iinfo(t.dtype).min)
+
+
+def check_outputs(outs: list, refs: list) -> str:
+    """'' when every output matches its reference within the tolerance of its dtype, else the reason."""
+    if len(outs) != len(refs):
+        return f"{len(outs)} outputs but {len(refs)} references"
+    for i, (o, r) in enumerate(zip(outs, refs, strict=True)):
+        if tuple(o.shape) != tuple(r.shape):
+            return f"output {i}: shape {tuple(o.shape)} != {tuple(r.shape)}"
+        tol = TOLERANCE.get(o.dtype)
+        err = rel_error(o, r)
+        bound = tol.rel if tol is not None else 0.0
+        if not err <= bound:
+            return f"output {i}: rel error {err:.3e} > {bound:.1e} ({o.dtype})"
+    return ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _input_bytes(outs: list, ins: list) -> int:
+    return sum(t.numel() * t.element_size() for t in [*outs, *ins] if isinstance(t, torch.Tensor))
+
+
+def measure(template: Template, problem: Problem, config: Config, gpu: GpuInfo, *,
+            device: torch.device | None = None, seed: int = 0) -> Measurement:
+    """Check config on fresh random inputs, then time it (see the module docstring)."""
+    device = device or default_device()
+    try:
+        mod = load_source(template.source(problem))
+    except Exception as e:  # a template that does not render or import is a failed candidate
+        return _fail("compile", e)
+    kwargs = {**template.launch_kwargs(problem), **config}
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        outs, ins = template.make_inputs(problem, device, gen)
+        for o in outs:
+            poison(o)
+        mod.launch(*outs, *ins, **kwargs)
+        _sync(device)
+    except Exception as e:  # compile errors, OutOfResources, launch errors
+        return _fail("launch", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}")
+    try:
+        wrong = check_outputs(outs, template.reference(problem, ins))
+    except Exception as e:
+        return _fail("check", e)
+    if wrong:
+        return _fail("wrong", wrong)
+    try:
+        if device.type == "cuda":
+            us = _time_cuda(template, problem, mod, kwargs, gpu, device, outs, ins, seed)
+        else:
+            us = _time_wall(mod, kwargs, outs, ins)
+    except Exception as e:
+        return _fail("time", e)
+    return Measurement(True, us)
+
+
+def _time_wall(mod, kwargs: dict, outs: list, ins: list) -> float:
+    """Median wall-clock microseconds over a few runs (the interpreter path)."""
+    times = []
+    for _ in range(INTERPRETER_REPS):
+        t0 = time.perf_counter()
+        mod.launch(*outs, *ins, **kwargs)
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def _time_cuda(template, problem, mod, kwargs, gpu, device, outs, ins, seed) -> float:
+    """triton's do_bench median, rotating over input sets when one set fits in L2."""
+    import triton.testing
+
+    sets = [(outs, ins)]
+    size = max(1, _input_bytes(outs, ins))
+    if size < gpu.l2_bytes:
+        n = min(MAX_INPUT_SETS, 2 * gpu.l2_bytes // size + 1)
+        for i in range(1, n):
+            sets.append(template.make_inputs(problem, device, torch.Generator().manual_seed(seed + i)))
+    state = {"i": 0}
+
+    def run() -> None:
+        o, a = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        mod.launch(*o, *a, **kwargs)
+
+    ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+    return float(ms) * 1e3
+
+
+def precompile(template: Template, problem: Problem, config: Config) -> str:
+    """Run a candidate once so Triton's on-disk cache holds its binary; '' or the failure reason.
+
+    Called in pool worker processes on CUDA while the parent times other candidates: the parent's own
+    launch of the same config is then a cache hit. A crash here (illegal address, ...) stays in the worker.
+    """
+    device = default_device()
+    try:
+        mod = load_source(template.source(problem))
+        outs, ins = template.make_inputs(problem, device, torch.Generator().manual_seed(0))
+        mod.launch(*outs, *ins, **template.launch_kwargs(problem), **config)
+        _sync(device)
+    except Exception as e:
+        return f"compile: {type(e).__name__}: {e}"[:2000]
+    return ""

@@ -1,0 +1,235 @@
+"""The auto-tuner: Optuna proposes configs from a template's search space, `measure` checks and times them,
+the study in the tuning database keeps every trial.
+
+Sits between kernel_templates (spaces, validity, references) and the database. Each parameter is an index
+into its candidate list (`suggest_int`), so TPE and CMA-ES see tile sizes as ordered. A proposal the
+template's `valid` predicate rejects is told PRUNED at once (nothing compiles; it does not count against
+the trial budget); a proposal already measured in the study reuses that result without counting. Budgets
+(trials, seconds, patience) are read from the study, so every process sharing it stops together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import optuna
+from ds4c.kernel_templates.base import Config, Problem, Template
+from optuna.trial import TrialState
+
+from ds4c.device import GpuInfo, default_device
+
+from .db import TuningDB
+from .key import canonical_json, key_fields
+from .measure import Measurement, measure, precompile
+
+SAMPLERS = ("tpe", "random", "grid", "exhaustive", "cmaes")
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    trials: int = 64  # measured (compiled and run) configs per key, over all processes
+    seconds: float | None = None  # wall-clock budget per key for this process
+    patience: int | None = None  # stop when the best has not improved for this many measured trials
+    sampler: str = "tpe"
+    seed: int = 0
+    compile_workers: int | None = None  # None: 8 (at most the CPU count) on CUDA, none in the interpreter
+    stale_after_s: float = 3600.0  # a RUNNING trial older than this is taken as dead
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    key: str
+    template: str
+    problem: dict
+    best_config: Config | None
+    best_us: float | None
+    measured: int  # counted trials of the study (all processes)
+    ran: tuple[int, ...]  # trial numbers this process finished
+    stop: str  # why tuning stopped: budget, exhausted, patience, seconds, attempts, no-valid-config
+
+
+def valid_configs(template: Template, problem: Problem, gpu: GpuInfo) -> list[Config]:
+    return [c for c in template.space.grid() if template.valid(c, problem, gpu)]
+
+
+def make_sampler(name: str, template: Template, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name in ("grid", "exhaustive"):
+        return optuna.samplers.GridSampler({n: list(range(len(v))) for n, v in template.space.params},
+                                           seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def config_of(trial: optuna.Trial, template: Template) -> Config:
+    return {n: v[trial.suggest_int(n, 0, len(v) - 1)] for n, v in template.space.params}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale(study: optuna.Study, stale_after_s: float) -> int:
+    """Mark RUNNING trials of dead workers FAIL: same host and a gone pid, or older than stale_after_s."""
+    host, now, n = socket.gethostname(), datetime.now(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        dead = (t.user_attrs.get("host") == host and type(pid) is int and pid != os.getpid()
+                and not _alive(pid))
+        old = t.datetime_start is not None and (now - t.datetime_start).total_seconds() > stale_after_s
+        if not (dead or old):
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "reason", "worker died mid-trial")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another process got there first
+    return n
+
+
+@dataclass(frozen=True)
+class _State:
+    measured: int
+    distinct: int
+    best: float
+    since_best: int
+    seen: dict  # config json -> (state, value) of counted finished trials
+
+
+def study_state(study: optuna.Study) -> _State:
+    best, since, seen, n = math.inf, 0, {}, 0
+    for t in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
+        if not t.user_attrs.get("counted"):
+            continue
+        n += 1
+        seen.setdefault(canonical_json(t.user_attrs.get("config")), (t.state, t.value))
+        if t.state == TrialState.COMPLETE and t.value < best:
+            best, since = t.value, 0
+        else:
+            since += 1
+    return _State(n, len(seen), best, since, seen)
+
+
+def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, attempts: int) -> str:
+    if s.measured >= settings.trials:
+        return "budget"
+    if s.distinct >= n_valid:
+        return "exhausted"
+    if settings.patience is not None and math.isfinite(s.best) and s.since_best >= settings.patience:
+        return "patience"
+    if settings.seconds is not None and time.monotonic() - t0 >= settings.seconds:
+        return "seconds"
+    if attempts > 20 * settings.trials + 100:
+        return "attempts"
+    return ""
+
+
+def _compile_workers(settings: TuneSettings) -> int:
+    if settings.compile_workers is not None:
+        return settings.compile_workers
+    return min(8, os.cpu_count() or 1) if default_device().type == "cuda" else 0
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, m: Measurement, counted: bool, **attrs) -> None:
+    trial.set_user_attr("counted", counted)
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    if m.ok:
+        study.tell(trial, m.us)
+    else:
+        trial.set_user_attr("reason", m.reason)
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
+         settings: TuneSettings = TuneSettings(), *, worker: int = 0,
+         on_trial: Callable[[TuneResult], None] | None = None) -> TuneResult:
+    """Tune one (template, problem) into db until a budget stops it; other processes may share the study."""
+    fields = key_fields(template, problem, gpu)
+    sampler = make_sampler(settings.sampler, template, settings.seed + 1000 * worker)
+    study = db.study(fields, gpu, sampler)
+    fail_stale(study, settings.stale_after_s)
+    valid = valid_configs(template, problem, gpu)
+    t0, attempts, ran, stop = time.monotonic(), 0, [], "no-valid-config"
+    nproc = _compile_workers(settings)
+    pool = ProcessPoolExecutor(nproc, mp_context=_spawn()) if nproc > 0 and valid else None
+    try:
+        while valid:
+            state = study_state(study)
+            stop = _stop_reason(state, settings, len(valid), t0, attempts)
+            if stop:
+                break
+            todo = []
+            for _ in range(max(1, nproc)):
+                attempts += 1
+                trial = study.ask()
+                config = config_of(trial, template)
+                trial.set_user_attr("config", config)
+                trial.set_user_attr("pid", os.getpid())
+                trial.set_user_attr("host", socket.gethostname())
+                if not template.valid(config, problem, gpu):
+                    trial.set_user_attr("reason", "invalid: rejected by the template's valid()")
+                    study.tell(trial, state=TrialState.PRUNED)
+                elif canonical_json(config) in state.seen:
+                    st, value = state.seen[canonical_json(config)]
+                    m = Measurement(st == TrialState.COMPLETE, value if value is not None else math.inf,
+                                    "duplicate of a failed config")
+                    _tell(study, trial, m, False, duplicate=True)
+                else:
+                    todo.append((trial, config))
+            errors = (list(pool.map(precompile, *zip(*[(template, problem, c) for _, c in todo],
+                                                    strict=True)))
+                      if pool is not None and todo else [""] * len(todo))
+            for (trial, config), err in zip(todo, errors, strict=True):
+                m = Measurement(False, math.inf, err) if err else measure(
+                    template, problem, config, gpu, seed=settings.seed + trial.number)
+                _tell(study, trial, m, True)
+                ran.append(trial.number)
+                if on_trial is not None:
+                    on_trial(_result(db, template, problem, gpu, fields.key, state, ran, ""))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return _result(db, template, problem, gpu, fields.key, study_state(study), ran, stop)
+
+
+def _result(db, template, problem, gpu, key, state: _State, ran, stop) -> TuneResult:
+    best = db.best_valid(key, template, problem, gpu)
+    return TuneResult(key, template.name, problem, None if best is None else best[0],
+                      None if best is None else best[1], state.measured, tuple(ran), stop)
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+def summarize(db: TuningDB, template: Template, problem: Problem, gpu: GpuInfo, ran: tuple[int, ...] = (),
+              stop: str = "workers-done") -> TuneResult:
+    """The TuneResult of a key as the database holds it now."""
+    fields = key_fields(template, problem, gpu)
+    sid = db._study_id(fields.key)
+    if sid is None:
+        return TuneResult(fields.key, template.name, problem, None, None, 0, ran, stop)
+    study = optuna.load_study(study_name=db.storage.get_study_name_from_id(sid), storage=db.storage)
+    return _result(db, template, problem, gpu, fields.key, study_state(study), list(ran), stop)
