@@ -1,0 +1,79 @@
+"""gemv template: the matmul problem (_mm_common.py) for M in 1..16 rows, on CUDA cores with an fp32 product
+tile reduced once after the K loop (kernel_templates/gemv.py.j2). The decode choice: each program reads its
+weight tile from HBM once for all rows. `matmul` takes the same problem with tensor-core tiles.
+"""
+
+from __future__ import annotations
+
+from ds4c.kernel_templates import _mm_common as C
+from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
+
+from ds4c.device import GpuInfo
+
+MAX_ROWS = 16
+
+SPACE = SearchSpace((
+    ("BLOCK_N", (4, 8, 16, 32, 64)),
+    ("BLOCK_K", (64, 128, 256, 512, 1024)),
+    ("num_warps", (1, 2, 4, 8)),
+    ("num_stages", (1, 2, 3, 4)),
+))
+
+_ACC_REGS = 64  # fp32 accumulator registers per thread we allow
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def holes(problem: Problem) -> dict:
+    """The shared matmul holes plus `single`: one row gets a 2-D product tile, several rows a 3-D one."""
+    if problem["M"] > MAX_ROWS:
+        raise ValueError(f"gemv handles at most {MAX_ROWS} rows, got M={problem['M']}")
+    return {**C.holes(problem), "single": problem["M"] == 1}
+
+
+def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
+    """Prune before compiling: rows, accumulator registers, shared memory, tiles far beyond the problem."""
+    if not SPACE.contains(config) or problem["M"] > MAX_ROWS:
+        return False
+    p = problem
+    bn, bk, warps = config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    threads = 32 * warps
+    n_acc = 2 if p["dual"] else 1
+    if _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads:
+        return False
+    # up to 8 weight elements (one 16-byte bf16 load) per thread and step; fewer when many rows share them
+    if bn * bk < threads * max(1, 8 // _pow2_ceil(p["M"])):
+        return False
+    if bn > max(4, _pow2_ceil(p["N"])) or bk > max(64, _pow2_ceil(p["K"])):
+        return False
+    wb = dtype_of(p["dtype"]).itemsize if p["w_dtype"] == "same" else 1
+    return config["num_stages"] * bn * bk * wb * n_acc <= gpu.smem_per_block
+
+
+def default(problem: Problem, gpu: GpuInfo) -> Config:
+    """Hopper GEMV tiles from our H200 measurements (BLOCK_N 8-16, BLOCK_K 256-512, 4 warps, 2 stages):
+    the first valid tile in that order of preference, K tiles shrinking first when several rows or dual
+    weights would push the product tile out of registers."""
+    for bk in (512, 256, 128, 64, 1024):
+        for bn in (8, 16, 4, 32, 64):
+            for warps in (4, 2, 8, 1):
+                c = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2}
+                if valid(c, problem, gpu):
+                    return c
+    raise ValueError(f"no valid gemv config for {problem}")
+
+
+TEMPLATE = Template(
+    name="gemv",
+    file="gemv.py.j2",
+    space=SPACE,
+    holes=holes,
+    valid=valid,
+    default=default,
+    make_inputs=C.make_inputs,
+    reference=C.reference,
+    launch_kwargs=C.launch_kwargs,
+    cost=C.cost,
+)
