@@ -1,0 +1,183 @@
+"""Kernel tests for the matmul template (kernel_templates/matmul.py.j2): odd shapes, every dtype and hole,
+random valid configs, the search space and default, against the fp32 reference of _mm_common."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from ds4c.kernel_templates import _mm_common as C
+from ds4c.kernel_templates import get
+from ds4c.runtime.loader import load_source
+
+from ds4c.device import GpuInfo, current_gpu
+from ds4c.precision import assert_close, rel_error
+
+T = get("matmul")
+H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
+               l2_bytes=60 * 1024 * 1024)
+SWIGLU = ("mul", ("silu", "acc"), "acc2")
+
+
+def run(p, device, config=None, x_row_stride=None, extra_row_stride=None, seed=None):
+    """Launch p on fresh random inputs (outputs poisoned with NaN) and compare to the reference."""
+    seed = random.randrange(2**31) if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
+    outs, ins = T.make_inputs(p, device, gen)
+    names = C.arg_names(p)
+    if x_row_stride is not None:  # x as a view with a padded row stride
+        buf = torch.randn(p["M"], x_row_stride, generator=gen).to(ins[0].dtype).to(device)
+        ins[0] = buf[:, : p["K"]]
+    if extra_row_stride is not None:
+        for i, name in enumerate(names):
+            if name.startswith("e"):
+                buf = torch.randn(p["M"], extra_row_stride, generator=gen).to(ins[i].dtype).to(device)
+                ins[i] = buf[:, 3 : 3 + p["N"]]
+    outs[0].fill_(float("nan"))
+    config = config or T.default(p, current_gpu())
+    assert T.valid(config, p, current_gpu()), config
+    mod = load_source(T.source(p))
+    mod.launch(*outs, *ins, **T.launch_kwargs(p), **config)
+    ref = T.reference(p, ins)[0]
+    assert_close(outs[0], ref, what=f"{p} {config} seed={seed}")
+    return outs[0], ref
+
+
+SHAPES = [(1, 7, 100), (17, 129, 257), (64, 100, 129), (130, 257, 7), (17, 7, 16), (1, 257, 129)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_plain(M, N, K, dtype, device):
+    run(C.problem(M, N, K, dtype), device)
+
+
+HOLES = {
+    "rms": dict(rms_eps=1e-5),
+    "dual_swiglu": dict(dual=True, epilogue=SWIGLU),
+    "bias_gelu_tanh": dict(bias=True, epilogue=("gelu_tanh", ("add", "acc", "bias"))),
+    "residual": dict(n_extra=1, epilogue=("add", "acc", "e0")),
+    "two_extras": dict(n_extra=2, epilogue=("add", ("mul", "acc", "e1"), "e0")),
+    "int8": dict(w_dtype="int8"),
+    "fp8": dict(w_dtype="float8_e4m3fn"),
+    "int8_rms_dual": dict(w_dtype="int8", rms_eps=1e-6, dual=True, epilogue=SWIGLU),
+    "fp8_everything": dict(w_dtype="float8_e4m3fn", rms_eps=1e-5, dual=True, bias=True, n_extra=1,
+                           epilogue=("add", ("mul", ("silu", ("add", "acc", "bias")), "acc2"), "e0")),
+    "constant": dict(epilogue=("add", ("mul", "acc", 0.0), 1.5)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("hole", sorted(HOLES))
+def test_holes(hole, dtype, device):
+    run(C.problem(33, 65, 100, dtype, **HOLES[hole]), device)
+
+
+@pytest.mark.parametrize("hole", ["rms", "dual_swiglu", "int8", "fp8_everything"])
+def test_holes_fp32_skinny(hole, device):
+    run(C.problem(1, 129, 257, "float32", **HOLES[hole]), device)
+
+
+def test_strided_x_and_extras(device):
+    p = C.problem(19, 70, 96, "bfloat16", rms_eps=1e-5, n_extra=1, epilogue=("add", "acc", "e0"))
+    run(p, device, x_row_stride=101, extra_row_stride=77)
+
+
+def test_rms_prologue_is_the_norm(device):
+    """The prologue matches RMSNorm followed by the matmul (weight folded in), not just the reference."""
+    p = C.problem(5, 40, 300, "float32", rms_eps=1e-5)
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    outs, (x, w) = T.make_inputs(p, device, gen)
+    load_source(T.source(p)).launch(*outs, x, w, **T.launch_kwargs(p), **T.default(p, current_gpu()))
+    xn = torch.nn.functional.rms_norm(x.cpu().double(), (300,), eps=1e-5)
+    assert_close(outs[0], xn @ w.cpu().double().T)
+
+
+@pytest.mark.parametrize("hole", ["dual_swiglu", "residual", "int8_rms_dual"])
+def test_random_valid_configs(hole, device):
+    """Every config the tuner may draw (valid ones from the grid) computes the right result."""
+    p = C.problem(40, 72, 80, "float16", **HOLES[hole])
+    gpu = current_gpu()
+    configs = [c for c in T.space.grid() if T.valid(c, p, gpu)]
+    assert len(configs) >= 20
+    for c in random.sample(configs, 5):
+        run(p, device, config=c)
+
+
+def test_poison_is_caught(device):
+    """A kernel that writes nothing leaves NaN, which the comparison rejects."""
+    p = C.problem(3, 5, 7, "float16")
+    outs, ins = T.make_inputs(p, device, torch.Generator().manual_seed(0))
+    assert rel_error(outs[0], T.reference(p, ins)[0]) == float("inf")
+
+
+LLAMA = [(6144, 4096, False), (4096, 4096, False), (14336, 4096, True), (4096, 14336, False),
+         (128256, 4096, False)]
+
+
+@pytest.mark.parametrize("gpu", [H200, current_gpu()], ids=["h200", "here"])
+def test_default_is_valid(gpu):
+    for M in (1, 2, 7, 16, 17, 64, 130, 2048):
+        for N, K, dual in LLAMA + [(7, 100, False), (1, 1, True), (257, 7, True)]:
+            for dtype in ("float32", "bfloat16"):
+                for w_dtype in ("same", "int8"):
+                    epi = SWIGLU if dual else "acc"
+                    p = C.problem(M, N, K, dtype, w_dtype=w_dtype, dual=dual, epilogue=epi)
+                    c = T.default(p, gpu)
+                    assert T.valid(c, p, gpu), (p, c)
+    prefill = T.default(C.problem(2048, 4096, 4096, "bfloat16"), H200)
+    assert (prefill["BLOCK_M"], prefill["BLOCK_N"], prefill["num_warps"]) == (128, 256, 8)
+
+
+def test_space_contains_and_valid_prune():
+    p = C.problem(2048, 4096, 4096, "bfloat16")
+    good = T.default(p, H200)
+    assert T.space.contains(good)
+    bad = [{**good, "BLOCK_M": 48}, {**good, "BLOCK_K": 64.0}, {**good, "GROUP_M": True},
+           {k: v for k, v in good.items() if k != "num_stages"}, {**good, "extra": 1}, None, [good]]
+    for c in bad:
+        assert not T.space.contains(c), c
+        assert not T.valid(c, p, H200), c
+    # shared memory: 256x256x128 tiles over 5 stages do not fit
+    huge = {"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5}
+    assert not T.valid(huge, p, H200)
+    # dual doubles the accumulators: 128x256 on 8 warps fits once, not twice
+    tile = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    assert T.valid(tile, p, H200)
+    assert not T.valid(tile, {**p, "dual": True, "epilogue": SWIGLU}, H200)
+    # tiles far larger than the problem
+    skinny = C.problem(1, 4096, 4096)
+    assert not T.valid({**tile, "num_warps": 4, "BLOCK_N": 16, "BLOCK_M": 128}, skinny, H200)
+
+
+def test_problem_checks():
+    with pytest.raises(ValueError):
+        C.problem(4, 4, 4, epilogue=("mul", "acc", "acc2"))  # acc2 without dual
+    with pytest.raises(ValueError):
+        C.problem(0, 4, 4)
+    with pytest.raises(ValueError):
+        C.problem(4, 4, 4, "float64")
+    with pytest.raises(ValueError):
+        C.problem(4, 4, 4, n_extra=1, epilogue=("add", "acc", "e1"))
+    p = C.problem(4, 4, 4, dual=True, epilogue=SWIGLU)
+    assert T.source(p) == T.source({**p, "epilogue": ["mul", ["silu", "acc"], "acc2"]})  # JSON round trip
+
+
+def test_launch_rejects_bad_arguments(device):
+    p = C.problem(4, 8, 16, "float16")
+    outs, (x, w) = T.make_inputs(p, device, torch.Generator().manual_seed(0))
+    mod = load_source(T.source(p))
+    cfg = T.default(p, current_gpu())
+    with pytest.raises(ValueError):
+        mod.launch(outs[0], x.float(), w, eps=0.0, **cfg)
+    with pytest.raises(ValueError):
+        mod.launch(outs[0], x, w[:, :8], eps=0.0, **cfg)
+    with pytest.raises(ValueError):
+        mod.launch(outs[0].t(), x, w, eps=0.0, **cfg)
+
+
+def test_cost():
+    flops, nbytes = C.cost(C.problem(2, 3, 5, "bfloat16", w_dtype="int8", dual=True, epilogue=SWIGLU))
+    assert flops == 2 * 2 * 3 * 5 * 2 + 2 * 3 * 2  # two dots, then mul and silu per output element
+    assert nbytes == 2 * 5 * 2 + 2 * 3 * 5 * 1 + 2 * 3 * 4 + 2 * 3 * 2  # x, int8 W and W2, scales, out
