@@ -1,0 +1,135 @@
+"""flash_attention template: odd sequence lengths, GQA head groups, causal and not (T < S too), three dtypes,
+strided q/k/v views, poisoned outputs, random valid configs, and the default config's validity."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from ds4c.kernel_templates import get
+from ds4c.kernel_templates.base import dtype_of
+from ds4c.runtime.loader import load_source
+
+from ds4c.device import INTERPRETER, GpuInfo
+from ds4c.precision import assert_close
+
+TEMPLATE = get("flash_attention")
+H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
+               l2_bytes=60 * 1024 * 1024)
+
+# (B, Hq, Hkv, T, S, D, dtype, causal)
+CASES = [
+    (1, 4, 4, 1, 1, 16, "float32", True),
+    (1, 4, 4, 17, 17, 16, "float32", True),
+    (2, 6, 2, 17, 100, 64, "float16", True),
+    (1, 9, 3, 100, 100, 64, "bfloat16", True),
+    (1, 6, 2, 129, 129, 128, "bfloat16", False),
+    (1, 9, 3, 1, 129, 128, "float16", True),
+    (2, 4, 4, 100, 129, 16, "float16", False),
+    (1, 6, 2, 17, 17, 128, "float32", False),
+    (1, 4, 4, 129, 129, 64, "float32", True),
+]
+
+
+def _problem(B, Hq, Hkv, T, S, D, dtype, causal):
+    return {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "S": S, "D": D, "dtype": dtype, "causal": causal,
+            "scale": D ** -0.5}
+
+
+def _seeded():
+    seed = random.SystemRandom().randrange(2**31)
+    return seed, torch.Generator().manual_seed(seed)
+
+
+def _run(problem, config, device, layout=None):
+    seed, gen = _seeded()
+    outs, ins = TEMPLATE.make_inputs(problem, device, gen)
+    if layout is not None:
+        ins = [layout(x) for x in ins]
+    assert torch.isnan(outs[0]).all()  # poisoned: an element the kernel skips stays NaN and fails below
+    mod = load_source(TEMPLATE.source(problem))
+    mod.launch(*outs, *ins, **TEMPLATE.launch_kwargs(problem), **config)
+    ref = TEMPLATE.reference(problem, ins)[0]
+    assert_close(outs[0], ref, dtype_of(problem["dtype"]), what=f"{problem} {config} seed={seed}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_default_matches_reference(case, device):
+    problem = _problem(*case)
+    _run(problem, TEMPLATE.default(problem, INTERPRETER), device)
+
+
+def _contiguous(x):
+    return x.contiguous()
+
+
+def _padded(x):
+    """A view into a wider buffer: D is unit-stride but every other stride is odd-sized."""
+    B, H, T, D = x.shape
+    wide = torch.full((B, T + 3, H, D + 8), float("nan"), dtype=x.dtype, device=x.device)
+    wide[:, :T, :, :D] = x.transpose(1, 2)
+    return wide[:, :T, :, :D].transpose(1, 2)
+
+
+@pytest.mark.parametrize("layout", [_contiguous, _padded], ids=["contiguous", "padded"])
+def test_layouts(layout, device):
+    problem = _problem(2, 6, 2, 33, 70, 64, "float16", True)
+    _run(problem, TEMPLATE.default(problem, INTERPRETER), device, layout)
+
+
+def test_random_valid_configs(device):
+    problem = _problem(1, 6, 2, 100, 129, 64, "float16", True)
+    configs = [c for c in TEMPLATE.space.grid() if TEMPLATE.valid(c, problem, INTERPRETER)]
+    assert len(configs) > 10
+    for config in random.Random().sample(configs, 6):
+        _run(problem, config, device)
+
+
+def test_rows_without_keys_are_zero(device):
+    # causal with T > S: query i sees keys j <= i - 7, so the first 7 rows see nothing
+    problem = _problem(1, 2, 1, 24, 17, 16, "float32", True)
+    seed, gen = _seeded()
+    outs, ins = TEMPLATE.make_inputs(problem, device, gen)
+    mod = load_source(TEMPLATE.source(problem))
+    mod.launch(*outs, *ins, **TEMPLATE.launch_kwargs(problem), **TEMPLATE.default(problem, INTERPRETER))
+    assert (outs[0][:, :, :7] == 0).all()
+    assert_close(outs[0], TEMPLATE.reference(problem, ins)[0], what=f"seed={seed}")
+
+
+@pytest.mark.parametrize("gpu", [INTERPRETER, H200], ids=["interpreter", "h200"])
+def test_default_is_valid(gpu):
+    for T, S in ((1, 1), (17, 100), (2048, 2048), (1, 4096), (8192, 8192)):
+        for D in (16, 32, 64, 128, 256):
+            for dtype in ("float32", "float16", "bfloat16"):
+                for Hq, Hkv in ((32, 8), (4, 4), (9, 3)):
+                    problem = _problem(1, Hq, Hkv, T, S, D, dtype, True)
+                    config = TEMPLATE.default(problem, gpu)
+                    assert TEMPLATE.space.contains(config), (problem, config)
+                    assert TEMPLATE.valid(config, problem, gpu), (problem, config)
+
+
+def test_valid_prunes():
+    problem = _problem(1, 32, 8, 2048, 2048, 128, "bfloat16", True)
+    big = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
+    small_smem = GpuInfo("small", (8, 0), 100, 48 * 1024, 65536, 1 << 20)
+    assert TEMPLATE.valid(big, problem, H200)
+    assert not TEMPLATE.valid(big, problem, small_smem)
+    assert not TEMPLATE.valid({**big, "num_stages": 4}, problem, H200)  # K/V stages overflow shared memory
+    assert not TEMPLATE.valid({**big, "num_warps": 2}, problem, H200)  # spills registers
+    assert not TEMPLATE.valid({**big, "BLOCK_M": 100}, problem, H200)  # not a candidate
+    odd_d = _problem(1, 4, 4, 64, 64, 96, "float16", True)
+    assert not any(TEMPLATE.valid(c, odd_d, H200) for c in TEMPLATE.space.grid())
+    with pytest.raises(ValueError):
+        TEMPLATE.source(odd_d)
+    with pytest.raises(ValueError):
+        TEMPLATE.source(_problem(1, 6, 4, 64, 64, 64, "float16", True))  # 6 % 4 != 0
+
+
+def test_cost_counts_visible_pairs():
+    full = _problem(2, 8, 2, 64, 64, 128, "bfloat16", False)
+    causal = {**full, "causal": True}
+    flops_full, nbytes = TEMPLATE.cost(full)
+    assert flops_full == 4 * 2 * 8 * 64 * 64 * 128
+    assert TEMPLATE.cost(causal)[0] == 4 * 2 * 8 * 128 * (64 * 65 // 2)
+    assert nbytes == 2 * 2 * 128 * (2 * 8 * 64 + 2 * 2 * 64)
