@@ -101,8 +101,27 @@ def make_record(*, workload: Workload, gpu: str, driver: str, command: str, ceil
         "logits_rel_err_vs_fp32": dict(logits_err),
         "greedy_equal_eager": greedy_equal_eager,
     }
+    rec["vs_best_inductor"] = vs_best_inductor(rec["engines"])
     rec.update(extra or {})
     return rec
+
+
+def vs_best_inductor(engines: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """Per engine: speed-up over the best inductor mode, for prefill (ttft) and decode (tok/s); >1 is faster.
+
+    engines maps name -> the engine's dict in the record; None where either figure is missing.
+    """
+    ind = [e for n, e in engines.items() if n.startswith("inductor")]
+    ttfts = [e["ttft_ms"] for e in ind if e.get("ttft_ms")]
+    toks = [e["decode_tok_s"] for e in ind if e.get("decode_tok_s")]
+    best_ttft = min(ttfts) if ttfts else None
+    best_tok = max(toks) if toks else None
+    out = {}
+    for name, e in engines.items():
+        ttft, tok = e.get("ttft_ms"), e.get("decode_tok_s")
+        out[name] = {"prefill": best_ttft / ttft if best_ttft and ttft else None,
+                     "decode": tok / best_tok if best_tok and tok else None}
+    return out
 
 
 def check_record(rec: dict) -> None:
