@@ -16,7 +16,7 @@ from .base import Config, Problem, SearchSpace, Template, dtype_of, randn
 
 ROW_SPACE = SearchSpace((
     ("ROWS", (1, 2, 4, 8, 16)),
-    ("BLOCK", (16, 64, 256, 512, 1024, 2048, 4096, 8192)),
+    ("BLOCK", (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)),
     ("num_warps", (1, 2, 4, 8, 16)),
 ))
 _MAX_PER_THREAD = 64  # fp32 values of one [ROWS, BLOCK] tile per thread: more spills registers
