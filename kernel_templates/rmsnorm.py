@@ -41,13 +41,13 @@ def row_valid(config: Config, rows: int, cols: int) -> bool:
 
 
 def row_default(rows: int, cols: int, gpu: GpuInfo) -> Config:
-    """One pass for rows up to 8192 wide (else 4096-wide chunks); tiles of ~2048+ values and 8-16 per thread,
+    """One pass for rows up to 8192 wide (else 4096-wide chunks); tiles of ~2048+ values, 8-32 per thread,
     few enough rows per program that the grid covers every SM twice."""
     block = max(16, next_pow2(cols)) if cols <= 8192 else 4096
     r = 1
     while r < 16 and r * block < 2048 and r < next_pow2(rows) and -(-rows // (2 * r)) >= 2 * gpu.sm_count:
         r *= 2
-    warps = max(1, min(16, r * block // 256))
+    warps = max(1, min(8, r * block // 256))
     return {"ROWS": r, "BLOCK": block, "num_warps": warps}
 
 
