@@ -141,3 +141,9 @@ def test_source_is_specialised_on_strides():
     b = TEMPLATE.source(_problem([3, 100], "bfloat16", [("bfloat16", [100, 1]), ("bfloat16", [0, 1])],
                                  SILU_MUL))
     assert a != b and "idx % 100" in b and "idx %" not in a
+
+
+def test_int64_indexing_only_past_int32():
+    big = _problem([65536, 32768 + 1], "bfloat16", [("bfloat16", [32769, 1])], GELU_TANH)
+    assert "tl.int64" in TEMPLATE.source(big)
+    assert "tl.int64" not in TEMPLATE.source(CASES["silu_mul_bf16"])
