@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -44,7 +44,7 @@ INTERPRETER = GpuInfo("triton-interpreter", (0, 0), sm_count=4, smem_per_block=2
                       regs_per_sm=65536, l2_bytes=50 * 1024 * 1024)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cuda_info(index: int) -> GpuInfo:
     p = torch.cuda.get_device_properties(index)
     smem = getattr(p, "shared_memory_per_block_optin", 0) or 48 * 1024

@@ -1,0 +1,119 @@
+"""Compile a Llama-family model (ds4c/models/llama.py) into a plan with two graphs, prefill (a fixed prompt
+bucket) and one decode step, and run it: the path behind `ds4c compile` / `ds4c run` and the benchmark's
+ds4c engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ds4c.runtime.llm import LLMRunner, load_kernels
+from ds4c.runtime.plan import Plan, from_json, to_json
+from ds4c.runtime.plan import save as save_plan
+
+from .capture import export_graph
+from .compiler import Options, compile_graph, make_chooser, report
+from .device import current_gpu
+from .ir import Graph
+from .lower import KernelTable
+from .models.llama import Llama, entry_point
+
+log = logging.getLogger("ds4c")
+
+
+def example_inputs(model: Llama, prefill_len: int) -> dict[str, tuple]:
+    dev = model.rope_cos.device
+    return {
+        "prefill": (torch.zeros(1, prefill_len, dtype=torch.long, device=dev),
+                    torch.tensor([prefill_len - 1], device=dev)),
+        "decode": (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.tensor([prefill_len], device=dev)),
+    }
+
+
+def capture_llm(model: Llama, prefill_len: int) -> dict[str, Graph]:
+    """The prefill and decode graphs of model as IR."""
+    if not 1 <= prefill_len < model.max_seq_len:
+        raise ValueError(f"prefill length {prefill_len} must be in 1..{model.max_seq_len - 1}")
+    graphs = {}
+    for name, args in example_inputs(model, prefill_len).items():
+        graphs[name] = export_graph(entry_point(model, name), args).graph
+    return graphs
+
+
+@dataclass
+class CompiledLLM:
+    plan: Plan
+    sources: dict[str, str]
+    saved_state: dict[str, torch.Tensor]  # constant buffers (rope tables) the plan keeps
+    report: dict
+    compile_s: float
+    runner: LLMRunner | None = None
+
+    def bind(self, weights: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True) -> LLMRunner:
+        kernels = load_kernels(self.plan, sources=self.sources)
+        self.runner = LLMRunner(self.plan, kernels, weights, self.saved_state, device, cuda_graph)
+        return self.runner
+
+    def prefill(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        return self.runner.prefill(tokens, last)
+
+    def decode(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.runner.decode(token, pos)
+
+    def save(self, out_dir: str | Path) -> Path:
+        return save_plan(self.plan, self.sources, out_dir, self.saved_state)
+
+
+def _state(model: Llama, graphs: dict[str, Graph]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Plan state: mutated buffers start as zeros; constant buffers are saved with the plan."""
+    mutated = {s for g in graphs.values() for s in g.graph["mutations"]}
+    buffers = dict(model.named_buffers())
+    spec, saved = {}, {}
+    for g in graphs.values():
+        for n in g.graph["inputs"]:
+            role = g.graph["roles"][n]
+            if not role.startswith("buffer:") or role in spec:
+                continue
+            t = buffers[role.removeprefix("buffer:")]
+            spec[role] = {"init": "zeros" if role in mutated else "file", "shape": list(t.shape),
+                          "dtype": str(t.dtype).removeprefix("torch.")}
+            if role not in mutated:
+                saved[role] = t.detach().cpu()
+    return spec, saved
+
+
+def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = None,
+                bind: bool = True, cuda_graph: bool = True, meta: dict | None = None) -> CompiledLLM:
+    """Capture, optimise and lower both graphs; with bind, ready to run on the model's own weights."""
+    options = options or Options()
+    t0 = time.perf_counter()
+    graphs = capture_llm(model, prefill_len)
+    table = KernelTable({}, {})
+    choose = make_chooser(options, current_gpu())
+    optimized, plans = {}, {}
+    for name, g in graphs.items():
+        optimized[name], plans[name] = compile_graph(g, table, choose, options)
+    derived = {}
+    for g in optimized.values():
+        derived.update(g.graph.get("derived", {}))
+    spec, saved = _state(model, optimized)
+    rep = report(optimized, table)
+    plan = Plan(plans, table.kernels, derived, spec,
+                meta={"prefill_len": prefill_len, "max_seq_len": model.max_seq_len,
+                      "config": model.config.to_hf(), "precision": options.precision, **(meta or {})})
+    plan = from_json(json.loads(json.dumps(to_json(plan))))  # run exactly what a saved plan would run
+    compiled = CompiledLLM(plan, table.sources, saved, rep, time.perf_counter() - t0)
+    if bind:
+        weights = {k: v for k, v in model.state_dict().items() if k in _param_names(model)}
+        compiled.bind(weights, model.rope_cos.device, cuda_graph)
+    return compiled
+
+
+def _param_names(model: Llama) -> set[str]:
+    return {n for n, _ in model.named_parameters()}

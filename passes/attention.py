@@ -1,0 +1,113 @@
+"""Attention: scaled_dot_product_attention (or the backend-specific ops aot_autograd picks for it) ->
+`flash_attention` (no mask, causal or not, grouped-query heads) or `decode_attention` (one query against a
+static KV cache whose valid prefix is given by a `arange(S) <= pos` mask). Runs after clean-up and
+reinplace_state_writes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
+
+from .cleanup import copy_graph, eliminate_dead_code
+from .match import see_through_views, target_of
+
+FLOAT = {torch.float32, torch.float16, torch.bfloat16}
+
+# target -> (index of attn_mask/bias arg or None, index of is_causal arg, name of the scale kwarg)
+SDPA = {
+    "aten.scaled_dot_product_attention.default": (3, 5),
+    "aten._scaled_dot_product_flash_attention_for_cpu.default": (None, 4),
+    "aten._scaled_dot_product_flash_attention.default": (None, 4),
+    "aten._scaled_dot_product_efficient_attention.default": (3, 6),
+}
+
+
+def _arg(op: Op, i: int | None, name: str, default=None):
+    if i is not None and len(op.args) > i:
+        return op.args[i]
+    return op.kw(name, default)
+
+
+def match_prefix_mask(g: Graph, mask) -> tuple[Ref, int] | None:
+    """(pos, offset) when mask == (arange(S) <= pos) broadcast, i.e. keys j < pos + 1 are valid."""
+    if not isinstance(mask, Ref):
+        return None
+    m = see_through_views(g, mask)
+    op = op_of(g, m.node)
+    if op.target not in ("aten.le.Tensor", "aten.lt.Tensor"):
+        return None
+    ar, pos = op.args[:2]
+    if target_of(g, ar) != "aten.arange.default" or not isinstance(pos, Ref):
+        return None
+    pt = op_of(g, pos.node).outputs[pos.index]
+    if pt.numel != 1 or pt.dtype not in (torch.int64, torch.int32):
+        return None
+    return pos, (1 if op.target == "aten.le.Tensor" else 0)
+
+
+def check_attention_shapes(q: TensorType, k: TensorType, v: TensorType) -> bool:
+    if len(q.shape) != 4 or k.shape != v.shape or q.dtype not in FLOAT or q.dtype != k.dtype:
+        return False
+    b, hq, _, d = q.shape
+    return (k.shape[0] == b and k.shape[3] == d and hq % k.shape[1] == 0 and d in (16, 32, 64, 128, 256)
+            and q.stride[-1] == 1 and k.stride[-1] == 1 and v.stride[-1] == 1)
+
+
+def _kv_len(g: Graph, pos: Ref, offset: int, order: float, cache: dict) -> Ref:
+    """pos + offset as a device tensor (one node per pos, shared by all layers)."""
+    if offset == 0:
+        return pos
+    if pos not in cache:
+        t = op_of(g, pos.node).outputs[pos.index]
+        node = add_node(g, "kv_len", Op("aten.add.Tensor", args=(pos, offset), outputs=(t,)),
+                        g.nodes[pos.node]["order"] + 0.5)
+        cache[pos] = Ref(node)
+    return cache[pos]
+
+
+def fuse_attention(g: Graph) -> Graph:
+    """sdpa -> flash_attention / decode_attention kernels; other masks stay on ATen."""
+    g = copy_graph(g)
+    kv_cache: dict = {}
+    for name in ordered(g):
+        op = op_of(g, name)
+        if op.target not in SDPA:
+            continue
+        mask_i, causal_i = SDPA[op.target]
+        q, k, v = op.args[:3]
+        qt, kt, vt = (op_of(g, r.node).outputs[r.index] for r in (q, k, v))
+        mask = _arg(op, mask_i, "attn_mask" if mask_i == 3 else "attn_bias")
+        causal = bool(_arg(op, causal_i, "is_causal", False))
+        dropout = _arg(op, 4 if mask_i == 3 else 3, "dropout_p", 0.0)
+        if dropout not in (0.0, 0) or not check_attention_shapes(qt, kt, vt):
+            continue
+        if qt.shape[1] != kt.shape[1] and op.target == "aten.scaled_dot_product_attention.default" \
+                and not op.kw("enable_gqa", False):
+            continue
+        scale = op.kw("scale") or 1.0 / math.sqrt(qt.shape[-1])
+        out = (op.outputs[0],)
+        b, hq, t, d = qt.shape
+        if mask is None:
+            problem = {"B": b, "Hq": hq, "Hkv": kt.shape[1], "T": t, "S": kt.shape[2], "D": d,
+                       "dtype": str(qt.dtype).removeprefix("torch."), "causal": causal, "scale": scale}
+            new = Op("kernel:flash_attention", args=(q, k, v), outputs=out, problem=problem,
+                     fused=(op.target,), group="attention")
+        else:
+            pm = match_prefix_mask(g, mask)
+            if pm is None or t != 1 or causal:
+                continue
+            kv_len = _kv_len(g, pm[0], pm[1], g.nodes[name]["order"], kv_cache)
+            problem = {"B": b, "Hq": hq, "Hkv": kt.shape[1], "S_max": kt.shape[2], "D": d,
+                       "dtype": str(qt.dtype).removeprefix("torch."), "scale": scale}
+            new = Op("kernel:decode_attention", args=(q, k, v, kv_len), outputs=out, problem=problem,
+                     fused=(op.target, "mask"), group="attention")
+        if len(op.outputs) > 1:
+            node = add_node(g, f"{name}_attn", new, g.nodes[name]["order"] + 0.01)
+            replace_uses(g, Ref(name, 0), Ref(node))
+        else:
+            set_op(g, name, new)
+        bump(g, "fuse_attention." + new.template)
+    return eliminate_dead_code(g)

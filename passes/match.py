@@ -1,0 +1,75 @@
+"""Helpers the rewrite rules share: looking at producers, consumers and arguments of IR nodes."""
+
+from __future__ import annotations
+
+from ds4c.ir import Graph, Op, Ref, op_of, out_type, users
+
+VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+            "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
+            "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.t.default",
+            "aten.alias.default", "aten.select.int"}
+
+
+def producer(g: Graph, value) -> tuple[str, Op] | None:
+    """(node, op) producing a Ref, or None for a non-tensor value."""
+    if not isinstance(value, Ref):
+        return None
+    return value.node, op_of(g, value.node)
+
+
+def target_of(g: Graph, value) -> str | None:
+    p = producer(g, value)
+    return p[1].target if p else None
+
+
+def sole_user(g: Graph, name: str) -> str | None:
+    """The only node reading name, when name is not also a graph output."""
+    us = users(g, name)
+    from ds4c.ir import is_live_out
+
+    if len(us) == 1 and not is_live_out(g, name):
+        return us[0]
+    return None
+
+
+def only_users_are(g: Graph, name: str, allowed: set[str]) -> bool:
+    from ds4c.ir import is_live_out
+
+    return not is_live_out(g, name) and set(users(g, name)) <= allowed
+
+
+def role(g: Graph, value) -> str | None:
+    """The input role ("param:...", "buffer:...", "derived:...", "user") of a graph input, else None."""
+    if isinstance(value, Ref) and op_of(g, value.node).target == "input":
+        return g.graph["roles"][value.node]
+    return None
+
+
+def is_weight(g: Graph, value) -> bool:
+    """True for parameters and weights derived from them at load time (constants of the plan)."""
+    r = role(g, value)
+    return r is not None and (r.startswith("param:") or r.startswith("derived:"))
+
+
+def shape(g: Graph, ref: Ref) -> tuple[int, ...]:
+    return out_type(g, ref).shape
+
+
+def dtype(g: Graph, ref: Ref):
+    return out_type(g, ref).dtype
+
+
+def see_through_views(g: Graph, ref: Ref) -> Ref:
+    """Follow view-like ops back to the tensor they alias."""
+    while True:
+        p = producer(g, ref)
+        if p is None or p[1].target not in VIEW_OPS:
+            return ref
+        ref = p[1].args[0]
+
+
+def prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n

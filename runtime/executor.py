@@ -1,0 +1,150 @@
+"""Execute one graph of a plan: kernel launches and ATen calls, in order, over planned buffers.
+
+Kernel outputs live in one arena per graph, at offsets the memory planner chose (lifetimes that do not
+overlap share bytes); graph outputs are allocated fresh each call. Values nothing reads any more are
+dropped as the steps go, so ATen temporaries return to the allocator early.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+
+from .plan import GraphPlan, Kernel, PlanError, Step
+
+_ATEN_NAME = re.compile(r"^aten\.[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def resolve_aten(target: str) -> Callable:
+    """torch.ops.aten.<op>.<overload> for a target string; nothing outside the aten namespace."""
+    if not _ATEN_NAME.match(target):
+        raise PlanError(f"step calls {target!r}, which is not an ATen op")
+    _, op, overload = target.split(".")
+    try:
+        return getattr(getattr(torch.ops.aten, op), overload)
+    except AttributeError as e:
+        raise PlanError(f"this torch has no ATen op {target}") from e
+
+
+def _dtype(name: str) -> torch.dtype:
+    d = getattr(torch, name, None)
+    if not isinstance(d, torch.dtype):
+        raise PlanError(f"unknown dtype {name!r}")
+    return d
+
+
+def _decoder(v, device: torch.device):
+    """A function env -> value for one encoded argument (constants are decoded once, here)."""
+    if isinstance(v, dict):
+        if "t" in v:
+            name = v["t"]
+            return lambda env: env[name]
+        if "tuple" in v:
+            parts = [_decoder(x, device) for x in v["tuple"]]
+            return lambda env: tuple(p(env) for p in parts)
+        const = _constant(v, device)
+        return lambda env: const
+    if isinstance(v, list):
+        parts = [_decoder(x, device) for x in v]
+        return lambda env: [p(env) for p in parts]
+    return lambda env: v
+
+
+def _constant(v: dict, device: torch.device):
+    if "dtype" in v:
+        return _dtype(v["dtype"])
+    if "device" in v:
+        return device  # plans are device-neutral: a device argument means the executing device
+    if "float" in v:
+        return float(v["float"])
+    if "memory_format" in v:
+        return getattr(torch, v["memory_format"])
+    if "layout" in v:
+        return getattr(torch, v["layout"])
+    raise PlanError(f"unknown encoded value {v!r}")
+
+
+class Executable:
+    """One graph of a plan bound to a device, kernel modules and the state/weights it reads."""
+
+    def __init__(self, gp: GraphPlan, kernels: dict[str, ModuleType], kernel_info: dict[str, Kernel],
+                 values: dict[str, torch.Tensor], device: torch.device):
+        self.gp, self.device, self.values = gp, device, values
+        self.arena = torch.empty(max(gp.arena_bytes, 1), dtype=torch.uint8, device=device)
+        self.buffers: dict[str, tuple] = {}
+        for b in gp.buffers:
+            dt = _dtype(b.dtype)
+            if b.offset is None:
+                self.buffers[b.name] = (None, b.shape, dt)
+            else:
+                n = 1
+                for s in b.shape:
+                    n *= s
+                nbytes = n * torch.empty((), dtype=dt).element_size()
+                view = self.arena[b.offset:b.offset + nbytes].view(dt).view(b.shape)
+                self.buffers[b.name] = (view, b.shape, dt)
+        self.static_env: dict[str, torch.Tensor] = {}
+        self.user_inputs: list[str] = []
+        for name, role in gp.inputs:
+            if role == "user":
+                self.user_inputs.append(name)
+            elif role not in values:
+                raise PlanError(f"plan input {name} needs {role}, which was not loaded")
+            else:
+                self.static_env[name] = values[role]
+        self.steps = [self._compile(s, kernels, kernel_info) for s in gp.steps]
+
+    def _compile(self, s: Step, kernels, kernel_info) -> Callable[[dict], None]:
+        args = [_decoder(a, self.device) for a in s.args]
+        kwargs = {k: _decoder(v, self.device) for k, v in s.kwargs.items()}
+        outs, free = s.outputs, s.free
+        if s.kind == "kernel":
+            if s.fn not in kernels:
+                raise PlanError(f"step launches unknown kernel {s.fn}")
+            launch = kernels[s.fn].launch
+            const_kw = {**{k: d({}) for k, d in kwargs.items()}, **kernel_info[s.fn].config}
+            bufs = [self.buffers[o] for o in outs]
+            device = self.device
+
+            def run(env: dict) -> None:
+                out_t = [b[0] if b[0] is not None else torch.empty(b[1], dtype=b[2], device=device)
+                         for b in bufs]
+                launch(*out_t, *(a(env) for a in args), **const_kw)
+                for name, t in zip(outs, out_t, strict=True):
+                    env[name] = t
+                for f in free:
+                    env.pop(f, None)
+
+            return run
+        if s.kind != "aten":
+            raise PlanError(f"unknown step kind {s.kind!r}")
+        fn = resolve_aten(s.fn)
+
+        def run(env: dict) -> None:
+            r = fn(*(a(env) for a in args), **{k: d(env) for k, d in kwargs.items()})
+            if len(outs) == 1:
+                env[outs[0]] = r
+            else:
+                for name, t in zip(outs, r, strict=False):
+                    if name is not None:
+                        env[name] = t
+            for f in free:
+                env.pop(f, None)
+
+        return run
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if len(inputs) != len(self.user_inputs):
+            raise TypeError(f"graph takes {len(self.user_inputs)} inputs, got {len(inputs)}")
+        env = dict(self.static_env)
+        env.update(zip(self.user_inputs, inputs, strict=True))
+        for run in self.steps:
+            run(env)
+        for state, name in self.gp.mutations:
+            new, dst = env[name], self.values[state]
+            if new.data_ptr() != dst.data_ptr():
+                dst.copy_(new)
+        return [env[o] for o in self.gp.outputs]

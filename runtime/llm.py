@@ -1,0 +1,116 @@
+"""Run a compiled decoder-only LLM plan: a prefill graph (fixed prompt bucket, right-padded) and a decode
+graph (one token; replayed as one CUDA graph on GPUs). The KV cache is plan state shared by both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from .executor import Executable
+from .loader import load_file, load_source
+from .plan import Plan, PlanError
+from .weights import derive
+
+
+def state_tensors(plan: Plan, saved: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The plan's state: zero-initialised buffers (KV caches) and saved constants (rope tables)."""
+    out = {}
+    for name, spec in plan.state.items():
+        dtype = getattr(torch, spec["dtype"])
+        if spec["init"] == "zeros":
+            out[name] = torch.zeros(spec["shape"], dtype=dtype, device=device)
+        elif name in saved:
+            out[name] = saved[name].to(device=device, dtype=dtype)
+        else:
+            raise PlanError(f"state {name} is missing from state.safetensors")
+    return out
+
+
+def load_kernels(plan: Plan, plan_dir: str | Path | None = None,
+                 sources: dict[str, str] | None = None) -> dict[str, ModuleType]:
+    """Import every kernel module, from the plan directory or from in-memory sources."""
+    mods = {}
+    for kid, k in plan.kernels.items():
+        mods[kid] = load_source(sources[kid]) if sources is not None else load_file(Path(plan_dir) / k.file)
+    return mods
+
+
+class LLMRunner:
+    """prefill(tokens [1,T], last [1]) and decode(token [1,1], pos [1]) -> logits [1, vocab]."""
+
+    def __init__(self, plan: Plan, kernels: dict[str, ModuleType], weights: dict[str, torch.Tensor],
+                 saved_state: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True):
+        self.plan, self.device = plan, device
+        values = {f"param:{k}": v for k, v in weights.items()}
+        values.update({f"derived:{k}": v for k, v in derive(plan.derived, weights).items()})
+        self.state = state_tensors(plan, saved_state, device)
+        values.update(self.state)
+        self.prefill_len = int(plan.meta["prefill_len"])
+        self._prefill = Executable(plan.graphs["prefill"], kernels, plan.kernels, values, device)
+        self._decode = Executable(plan.graphs["decode"], kernels, plan.kernels, values, device)
+        self.use_graph = cuda_graph and device.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: tuple | None = None
+
+    def reset(self) -> None:
+        for name, spec in self.plan.state.items():
+            if spec["init"] == "zeros":
+                self.state[name].zero_()
+
+    def prefill(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]
+        if t > self.prefill_len:
+            raise ValueError(f"prompt of {t} tokens is longer than the compiled bucket {self.prefill_len}")
+        if t < self.prefill_len:
+            tokens = torch.nn.functional.pad(tokens, (0, self.prefill_len - t))
+        return self._prefill(tokens.to(self.device), last.to(self.device))[0]
+
+    def decode(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if not self.use_graph:
+            return self._decode(token.to(self.device), pos.to(self.device))[0]
+        if self._graph is None:
+            self._capture(token, pos)
+        tok_s, pos_s, out_s = self._static
+        tok_s.copy_(token)
+        pos_s.copy_(pos)
+        self._graph.replay()
+        return out_s
+
+    def _capture(self, token: torch.Tensor, pos: torch.Tensor) -> None:
+        """Warm up (loads and compiles every kernel) and record one decode step as a CUDA graph. The
+        warm-up writes this step's own k/v into the cache, which the replay writes again identically."""
+        tok_s = token.to(self.device).clone()
+        pos_s = pos.to(self.device).clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode(tok_s, pos_s)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._decode(tok_s, pos_s)[0]
+        self._graph, self._static = graph, (tok_s, pos_s, out)
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+        """Greedy decoding: prefill the prompt, then one decode step per new token."""
+        if not ids:
+            raise ValueError("empty prompt")
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        last = torch.tensor([len(ids) - 1], dtype=torch.long, device=self.device)
+        logits = self.prefill(tokens, last)
+        out: list[int] = []
+        pos = len(ids)
+        for _ in range(max_new_tokens):
+            nxt = int(logits[0].float().argmax())
+            out.append(nxt)
+            if eos is not None and nxt == eos:
+                break
+            logits = self.decode(torch.tensor([[nxt]], device=self.device),
+                                 torch.tensor([pos], device=self.device))
+            pos += 1
+        return out

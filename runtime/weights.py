@@ -1,0 +1,70 @@
+"""Weights the plan derives from the checkpoint at load time, by recipe (passes/derive.py writes them):
+concatenation of projections, RMSNorm weights folded into the next matmul's columns, and weight-only
+quantization with per-output-channel scales. Recipes are data; this file is the only code that runs them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .plan import PlanError
+
+QMAX = {"int8": 127.0, "float8_e4m3fn": 448.0}
+
+
+def quantize(w: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, scale) with w ~= values * scale[:, None]; scale is float32 per output row."""
+    if dtype not in QMAX:
+        raise PlanError(f"unknown quantized dtype {dtype!r}")
+    wf = w.float()
+    scale = (wf.abs().amax(dim=1) / QMAX[dtype]).clamp_min(1e-12)
+    q = wf / scale[:, None]
+    if dtype == "int8":
+        values = q.round().clamp(-127, 127).to(torch.int8)
+    else:
+        values = q.clamp(-448, 448).to(torch.float8_e4m3fn)
+    return values, scale
+
+
+def _run(op: str, xs: list[torch.Tensor], params: dict) -> torch.Tensor:
+    if op == "cat":
+        return torch.cat(xs, dim=0)
+    if op == "scale_cols":
+        w, g = xs
+        return (w.float() * g.float()[None, :]).to(w.dtype)
+    if op == "quant":
+        values, scale = quantize(xs[0], params["dtype"])
+        return values if params["part"] == "values" else scale
+    raise PlanError(f"unknown weight recipe {op!r}")
+
+
+def derive(recipes: dict, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Compute every derived weight from base weights (and earlier derived ones), checking shapes."""
+    done: dict[str, torch.Tensor] = {}
+    quant_cache: dict = {}
+
+    def get(name: str) -> torch.Tensor:
+        if name in done:
+            return done[name]
+        if name in base:
+            return base[name]
+        if name not in recipes:
+            raise PlanError(f"derived weight needs {name!r}, which the checkpoint does not have")
+        r = recipes[name]
+        xs = [get(n) for n in r["of"]]
+        if r["op"] == "quant":
+            key = (r["of"][0], r["params"]["dtype"])
+            if key not in quant_cache:
+                quant_cache[key] = quantize(xs[0], r["params"]["dtype"])
+            t = quant_cache[key][0 if r["params"]["part"] == "values" else 1]
+        else:
+            t = _run(r["op"], xs, r["params"])
+        if list(t.shape) != list(r["shape"]) or str(t.dtype).removeprefix("torch.") != r["dtype"]:
+            raise PlanError(f"derived weight {name} came out {tuple(t.shape)} {t.dtype}, "
+                            f"the plan expects {tuple(r['shape'])} {r['dtype']}")
+        done[name] = t.contiguous()
+        return done[name]
+
+    for name in recipes:
+        get(name)
+    return done
