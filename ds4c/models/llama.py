@@ -239,6 +239,14 @@ class Llama(nn.Module):
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
         self.requires_grad_(False)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        cur = self._buffers.get("rope_cos")
+        if cur is not None and cur.dtype != torch.float32:  # a dtype cast (.to(bf16)): rebuild in fp32
+            cos, sin = rope_tables(self.config, self.max_seq_len)
+            self.rope_cos, self.rope_sin = cos.to(cur.device), sin.to(cur.device)
+        return self
+
     def forward(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         return self.prefill(tokens, last)
 

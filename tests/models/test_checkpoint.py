@@ -11,6 +11,7 @@ from ds4c.checkpoint import load_config, load_weights, tokenizer_path
 from ds4c.errors import Ds4cError
 from ds4c.models.configs import BUILTIN, HF_CONFIGS
 from ds4c.models.llama import Llama, LlamaConfig, init_random
+from ds4c.tokenizer import load_tokenizer
 
 
 def _write(folder, hf=None, tensors=None, seed=0):
@@ -156,3 +157,4 @@ def test_tokenizer_path(ckpt):
     (folder / "tokenizer.json").write_text("{}")
     assert tokenizer_path(folder) == folder / "tokenizer.json"
     assert tokenizer_path(folder / "model.safetensors") == folder / "tokenizer.json"
+    _raises(folder / "tokenizer.json", "cannot load tokenizer", load_tokenizer, folder)

@@ -116,6 +116,8 @@ def test_buffers_dtypes_and_names():
     assert cache.dtype == torch.bfloat16 and cache.shape == (1, 2, 32, 16)
     assert set(model.state_dict()) == set(expected_shapes(TINY))  # caches and tables are non-persistent
     assert not any(p.requires_grad for p in model.parameters())
+    assert model.to(torch.float16).rope_cos.dtype == torch.float32  # casts leave the tables fp32
+    assert torch.equal(model.rope_cos, rope_tables(TINY, 32)[0])
     cos, _ = rope_tables(TINY, 32)
     assert torch.equal(cos[:, :8], cos[:, 8:]) and torch.equal(cos[0], torch.ones(16))
 
