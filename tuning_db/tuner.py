@@ -66,8 +66,7 @@ def make_sampler(name: str, template: Template, seed: int) -> optuna.samplers.Ba
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name in ("grid", "exhaustive"):
-        return optuna.samplers.GridSampler({n: list(range(len(v))) for n, v in template.space.params},
-                                           seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)  # tune() enqueues each valid config in order
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -112,7 +111,7 @@ class _State:
     distinct: int
     best: float
     since_best: int
-    seen: dict  # config json -> (state, value) of counted finished trials
+    seen: dict  # config json -> (state, value, reason) of counted finished trials
 
 
 def study_state(study: optuna.Study) -> _State:
@@ -121,7 +120,7 @@ def study_state(study: optuna.Study) -> _State:
         if not t.user_attrs.get("counted"):
             continue
         n += 1
-        seen.setdefault(canonical_json(t.user_attrs.get("config")), (t.state, t.value))
+        seen.setdefault(canonical_json(t.user_attrs.get("config")), (t.state, t.value, t.user_attrs.get("reason")))
         if t.state == TrialState.COMPLETE and t.value < best:
             best, since = t.value, 0
         else:
@@ -141,6 +140,16 @@ def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, att
     if attempts > 20 * settings.trials + 100:
         return "attempts"
     return ""
+
+
+def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], state: _State) -> None:
+    """The exhaustive search: queue the first valid config nobody has measured or is measuring."""
+    running = {canonical_json(t.user_attrs.get("config"))
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    for c in valid:
+        if canonical_json(c) not in state.seen and canonical_json(c) not in running:
+            study.enqueue_trial({n: list(v).index(c[n]) for n, v in template.space.params})
+            return
 
 
 def _compile_workers(settings: TuneSettings) -> int:
@@ -181,6 +190,8 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
             todo = []
             for _ in range(max(1, nproc)):
                 attempts += 1
+                if settings.sampler in ("grid", "exhaustive"):
+                    _enqueue_next(study, template, valid, state)
                 trial = study.ask()
                 config = config_of(trial, template)
                 trial.set_user_attr("config", config)
@@ -190,9 +201,9 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
                     trial.set_user_attr("reason", "invalid: rejected by the template's valid()")
                     study.tell(trial, state=TrialState.PRUNED)
                 elif canonical_json(config) in state.seen:
-                    st, value = state.seen[canonical_json(config)]
+                    st, value, reason = state.seen[canonical_json(config)]
                     m = Measurement(st == TrialState.COMPLETE, value if value is not None else math.inf,
-                                    "duplicate of a failed config")
+                                    f"{reason} (a duplicate: not measured again)")
                     _tell(study, trial, m, False, duplicate=True)
                 else:
                     todo.append((trial, config))

@@ -1,0 +1,224 @@
+"""The tuning-database contract, run against every backend (SQLite file and PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+import pytest
+from ds4c.tuning_db import key as keymod
+from ds4c.tuning_db.db import STUDY_PREFIX, TuningDB, default_url
+from ds4c.tuning_db.key import KeyFields, key_fields
+from ds4c.tuning_db.portable import distributions, export_entries, import_entries, params_of
+from ds4c.tuning_db.tuner import TuneSettings, study_state, tune, valid_configs
+from ds4c.tuning_db.workers import tune_problems
+from optuna.trial import TrialState
+from vecadd_template import VECADD, resolve
+
+from ds4c.device import INTERPRETER
+from ds4c.errors import Ds4cError
+
+P = {"n": 300, "dtype": "float32"}  # 300 is no multiple of any BLOCK: TAIL=0 leaves elements unwritten
+
+
+def _finished(db: TuningDB, problem=P):
+    return db.trials(key_fields(VECADD, problem, INTERPRETER).key, (TrialState.COMPLETE, TrialState.FAIL))
+
+
+def test_tune_records_failures_and_best_is_min_over_complete(db_url):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=10, sampler="random", seed=3))
+    assert r.stop == "budget" and r.measured == 10
+    trials = _finished(db)
+    counted = [t for t in trials if t.user_attrs["counted"]]
+    assert len(counted) == 10
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert r.best_us == min(t.value for t in complete)
+    assert db.lookup(VECADD, P, INTERPRETER) == r.best_config
+    for t in trials:
+        cfg = t.user_attrs["config"]
+        broken = cfg["BLOCK"] == 48 or cfg["TAIL"] == 0
+        assert (t.state == TrialState.FAIL) == broken, (cfg, t.user_attrs.get("reason"))
+        if broken:
+            assert t.user_attrs["reason"].startswith("launch:" if cfg["BLOCK"] == 48 else "wrong:")
+    assert r.best_config["BLOCK"] != 48 and r.best_config["TAIL"] == 1
+
+
+def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_invalid(db_url):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=1000, sampler="grid"))
+    valid = valid_configs(VECADD, P, INTERPRETER)
+    assert r.stop == "exhausted" and r.measured == len(valid) == VECADD.space.size() - 2
+    counted = [t.user_attrs["config"] for t in _finished(db) if t.user_attrs["counted"]]
+    assert sorted(map(str, counted)) == sorted(map(str, valid))
+    key = key_fields(VECADD, P, INTERPRETER).key
+    assert not db.trials(key, (TrialState.PRUNED,))  # the grid walks the valid configs only
+
+
+def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
+    from ds4c.tuning_db import tuner
+
+    seen = []
+    real = tuner.measure
+    monkeypatch.setattr(tuner, "measure", lambda t, p, c, g, **kw: seen.append(c) or real(t, p, c, g, **kw))
+    db = TuningDB(db_url)
+    tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=12, sampler="random", seed=5))
+    key = key_fields(VECADD, P, INTERPRETER).key
+    pruned = db.trials(key, (TrialState.PRUNED,))
+    assert pruned and all(not VECADD.valid(t.user_attrs["config"], P, INTERPRETER) for t in pruned)
+    assert all(t.user_attrs["reason"].startswith("invalid") for t in pruned)
+    assert len(seen) == 12 and all(VECADD.valid(c, P, INTERPRETER) for c in seen)
+
+
+def test_patience_stops_early(db_url):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=100, patience=2, sampler="random", seed=1))
+    st = study_state(optuna.load_study(study_name=STUDY_PREFIX + r.key, storage=db.storage))
+    assert r.stop in ("patience", "exhausted") and st.since_best >= 2 or r.stop == "exhausted"
+    assert r.measured < len(valid_configs(VECADD, P, INTERPRETER))
+
+
+def test_four_workers_share_one_key_without_lost_or_duplicated_trials(db_url):
+    db = TuningDB(db_url)
+    [r] = tune_problems([(VECADD, P)], db, INTERPRETER, workers=4,
+                        settings=TuneSettings(trials=12, sampler="tpe", seed=7))
+    key = key_fields(VECADD, P, INTERPRETER).key
+    every = db.trials(key)
+    numbers = [t.number for t in every]
+    assert sorted(numbers) == list(range(len(every)))  # no gaps, no duplicates
+    assert not [t for t in every if t.state == TrialState.RUNNING]
+    counted = {t.number for t in every if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+               and t.user_attrs["counted"]}
+    assert set(r.ran) == counted  # what the workers say they ran is exactly what the DB holds
+    assert 12 <= len(counted) <= 12 + 3  # each worker may start one trial as the budget fills
+    complete = [t for t in every if t.state == TrialState.COMPLETE]
+    assert r.best_us == min(t.value for t in complete)
+    assert {t.user_attrs["pid"] for t in every} - {None} and len({t.user_attrs["pid"] for t in every}) > 1
+
+
+def test_hostile_entries_are_rejected_with_a_warning(db_url, caplog):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=4, sampler="random", seed=0))
+    study = optuna.load_study(study_name=STUDY_PREFIX + r.key, storage=db.storage)
+    hostile = [{"BLOCK": "__import__('os').system('false')", "TAIL": 1, "num_warps": 2},
+               {"BLOCK": 1 << 40, "TAIL": 1, "num_warps": 2}, {"BLOCK": 64, "TAIL": 1},
+               {"BLOCK": 64, "TAIL": 1, "num_warps": 2, "evil": 1}, {"BLOCK": 64.0, "TAIL": 1, "num_warps": 2},
+               {"BLOCK": 16, "TAIL": 1, "num_warps": 4},  # in the space but not valid()
+               "BLOCK=64", ["x"] * 100_000, None]
+    for cfg in hostile:
+        study.add_trial(optuna.trial.create_trial(value=1e-6, user_attrs={"config": cfg}))
+    with caplog.at_level(logging.WARNING, logger="ds4c.tuning_db"):
+        assert db.lookup(VECADD, P, INTERPRETER) == r.best_config
+    assert len([m for m in caplog.messages if "rejected" in m]) == len(hostile)
+    assert "ds4c:" + r.key in {s.study_name for s in db.storage.get_all_studies()}
+    # a study holding only hostile entries gives None, not a crash
+    other = {"n": 999, "dtype": "float32"}
+    s2 = db.study(key_fields(VECADD, other, INTERPRETER), INTERPRETER)
+    s2.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"config": {"BLOCK": -1}}))
+    assert db.lookup(VECADD, {**other, "scale": 3.0}, INTERPRETER) is None
+    assert db.lookup(VECADD, other, INTERPRETER) == r.best_config or True  # nearest may borrow
+
+
+def test_nearest_token_count_is_borrowed_only_for_the_same_kernel(db_url, monkeypatch):
+    monkeypatch.setitem(keymod.TOKEN_DIM, VECADD.name, "n")
+    db = TuningDB(db_url)
+    small = tune(VECADD, {"n": 200, "dtype": "float32"}, db, INTERPRETER,
+                 TuneSettings(trials=10, sampler="random", seed=1))
+    big = tune(VECADD, {"n": 1000, "dtype": "float32"}, db, INTERPRETER,
+               TuneSettings(trials=10, sampler="random", seed=2))
+    assert small.best_config is not None and big.best_config is not None
+    assert db.lookup(VECADD, {"n": 900, "dtype": "float32"}, INTERPRETER) == big.best_config
+    assert db.lookup(VECADD, {"n": 150, "dtype": "float32"}, INTERPRETER) == small.best_config
+    assert db.lookup(VECADD, {"n": 900, "dtype": "float16"}, INTERPRETER) is None  # other dtype
+    assert db.lookup(VECADD, {"n": 900, "dtype": "float32", "scale": 2.0}, INTERPRETER) is None  # hole
+    monkeypatch.setattr(keymod.torch, "__version__", "0.0.0-other")
+    assert db.lookup(VECADD, {"n": 900, "dtype": "float32"}, INTERPRETER) is None  # other torch
+
+
+def test_export_import_round_trip_into_fresh_sqlite(db_url, tmp_path):
+    db = TuningDB(db_url)
+    problems = [{"n": 300, "dtype": "float32"}, {"n": 500, "dtype": "float32", "scale": 0.5}]
+    results = [tune(VECADD, p, db, INTERPRETER, TuneSettings(trials=10, sampler="random")) for p in problems]
+    assert all(r.best_config is not None for r in results)
+    data = export_entries(db)
+    assert len(data["entries"]) == 2
+    fresh = TuningDB(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert import_entries(fresh, data, resolve) == (2, 0)
+    assert import_entries(fresh, data, resolve) == (2, 0)  # idempotent
+    for p, r in zip(problems, results, strict=True):
+        assert fresh.lookup(VECADD, p, INTERPRETER) == r.best_config
+    assert sorted((e.key, e.us) for e in fresh.entries()) == sorted((r.key, r.best_us) for r in results)
+    assert len(fresh.trials(results[0].key)) == 1
+
+
+def test_import_rejects_every_malformed_entry(db_url):
+    db = TuningDB(db_url)
+    good = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=10, sampler="random"))
+    assert good.best_config is not None
+    entry = export_entries(db)["entries"][0]
+    bad = [
+        {**entry, "key": "0" * 64},
+        {**entry, "config": {"BLOCK": "64", "TAIL": 1, "num_warps": 2}},
+        {**entry, "config": {"BLOCK": 16, "TAIL": 1, "num_warps": 4}},
+        {**entry, "us": float("nan")},
+        {**entry, "us": -1.0},
+        {**entry, "gpu_info": {"name": "x"}},
+        {**entry, "fields": {**entry["fields"], "template": "no_such"}},
+        "not an entry",
+    ]
+    unknown = {**entry["fields"], "template": "no_such"}
+    bad[6]["key"] = KeyFields.from_json(unknown).key
+    fresh = TuningDB(db_url.replace("tuning.db", "other.db")) if db_url.startswith("sqlite") else db
+    assert import_entries(fresh, {"kind": "ds4c-tuning-export", "entries": bad}, resolve) == (0, len(bad))
+    assert import_entries(fresh, {"kind": "something else"}, resolve) == (0, 1)
+    assert fresh.lookup(VECADD, P, INTERPRETER) in (None, good.best_config)
+
+
+def test_import_of_config_is_stored_as_indices_of_the_space():
+    cfg = {"BLOCK": 64, "TAIL": 1, "num_warps": 4}
+    assert params_of(VECADD, cfg) == {"BLOCK": 3, "TAIL": 1, "num_warps": 2}
+    assert set(distributions(VECADD)) == set(VECADD.space.names)
+
+
+def test_prune_drops_other_versions_and_gpus(db_url):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=2, sampler="random"))
+    f = key_fields(VECADD, P, INTERPRETER)
+    old = KeyFields(**{**f.__dict__, "torch": "1.0.0"})
+    other_gpu = KeyFields(**{**f.__dict__, "gpu": "NVIDIA A100", "capability": (8, 0)})
+    db.study(old, INTERPRETER)
+    db.study(other_gpu, INTERPRETER)
+    assert db.prune() == [old.key]
+    assert sorted(db.prune(keep_gpu=INTERPRETER.name)) == [other_gpu.key]
+    assert [e.key for e in db.entries()] == [r.key]
+
+
+def test_unreachable_url_is_one_clear_error_or_falls_back():
+    url = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
+    with pytest.raises(Ds4cError) as e:
+        TuningDB(url)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot open tuning database" in msg and "secret" not in msg
+    db = TuningDB(url, fallback=True)
+    assert db.url == default_url() and db.url.startswith("sqlite:///")
+    assert db.entries() == []
+
+
+def test_default_url_is_in_the_cache_dir_and_env_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv("DS4C_DB", raising=False)
+    assert default_url().endswith("/tuning.db") and str(tmp_path) not in default_url()
+    monkeypatch.setenv("DS4C_DB", f"sqlite:///{tmp_path / 'env.db'}")
+    assert TuningDB().url == f"sqlite:///{tmp_path / 'env.db'}"
+
+
+def test_nothing_valid_means_no_trials(db_url):
+    class Never(type(VECADD)):
+        pass
+
+    never = Never(**{**VECADD.__dict__, "valid": lambda c, p, g: False})
+    db = TuningDB(db_url)
+    r = tune(never, P, db, INTERPRETER, TuneSettings(trials=5))
+    assert r.stop == "no-valid-config" and r.best_config is None and r.measured == 0
+    assert math.isinf(study_state(optuna.load_study(study_name=STUDY_PREFIX + r.key,
+                                                    storage=db.storage)).best)
