@@ -122,3 +122,23 @@ def format_report(rep: dict) -> str:
             lines.append(f"    {f['count']:4d} x {t:40s} {f['why']}")
     lines.append("kernel configs: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.get("configs", {}).items())))
     return "\n".join(lines)
+
+
+def build_executable(g: Graph, state: dict, options: Options, device):
+    """Compile one captured graph and bind it: state maps roles ("param:<name>", "buffer:<name>") to
+    tensors. Returns (Executable, optimised IR, KernelTable). The in-memory twin of a saved plan."""
+    import json
+
+    from ds4c.runtime.executor import Executable
+    from ds4c.runtime.loader import load_source
+    from ds4c.runtime.plan import Plan, from_json, to_json
+    from ds4c.runtime.weights import derive
+
+    table = KernelTable({}, {})
+    opt, gp = compile_graph(g, table, make_chooser(options), options)
+    plan = from_json(json.loads(json.dumps(to_json(Plan({"main": gp}, table.kernels, {}, {})))))
+    kernels = {kid: load_source(src) for kid, src in table.sources.items()}
+    base = {r.split(":", 1)[1]: t for r, t in state.items() if r.startswith("param:")}
+    values = dict(state)
+    values.update({f"derived:{k}": v for k, v in derive(opt.graph.get("derived", {}), base).items()})
+    return Executable(plan.graphs["main"], kernels, plan.kernels, values, device), opt, table

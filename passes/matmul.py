@@ -57,7 +57,8 @@ def matmul_op(g: Graph, x: Ref, w: Ref, bias: Ref | None, fused: tuple[str, ...]
     n, k = weight_type(g, w).shape
     out_shape = xt.shape[:-1] + (n,)
     problem = {"M": prod(xt.shape[:-1]), "N": n, "K": k, "dtype": _dtype_name(xt.dtype), "w_dtype": "same",
-               "rms_eps": None, "dual": False, "bias": bias is not None, "n_extra": 0, "epilogue": "acc"}
+               "rms_eps": None, "dual": False, "bias": bias is not None, "n_extra": 0,
+               "epilogue": "acc" if bias is None else ("add", "acc", "bias")}
     stride, acc = [], 1
     for s in reversed(out_shape):
         stride.append(acc)
