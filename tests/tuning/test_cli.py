@@ -1,0 +1,60 @@
+"""The `tune` command factory and the `db` group, through click's runner on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from ds4c.tuning_db.cli import make_db_group, tune_command
+from vecadd_template import VECADD, resolve
+
+P = {"n": 300, "dtype": "float32"}
+
+
+def test_tune_then_every_db_command(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    asked = []
+
+    def problems_from(model: str, max_tokens: int):
+        asked.append((model, max_tokens))
+        return [(VECADD, P), (VECADD, {**P, "n": 200})]
+
+    runner = CliRunner()
+    out = runner.invoke(tune_command(problems_from), ["tiny", "--db", url, "--trials", "6", "--sampler",
+                                                      "random", "--seed", "2", "--max-tokens", "64"])
+    assert out.exit_code == 0, out.output
+    assert asked == [("tiny", 64)] and out.output.count(" trials ") == 2
+    db = make_db_group(resolve)
+    ls = runner.invoke(db, ["--db", url, "ls"])
+    assert ls.exit_code == 0 and ls.output.count("vecadd_test") == 2 and "6 trials" in ls.output
+    prefix = ls.output.split()[0]
+    show = runner.invoke(db, ["--db", url, "show", prefix])
+    assert show.exit_code == 0, show.output
+    shown = json.loads(show.output)
+    assert shown["key"].startswith(prefix) and shown["fields"]["template"] == "vecadd_test"
+    assert runner.invoke(db, ["--db", url, "show", "zz"]).exit_code != 0
+
+    exported = tmp_path / "export.json"
+    assert runner.invoke(db, ["--db", url, "export", str(exported)]).exit_code == 0
+    fresh = f"sqlite:///{tmp_path / 'b.db'}"
+    imp = runner.invoke(db, ["--db", fresh, "import", str(exported)])
+    assert imp.exit_code == 0 and "imported 2 entries, rejected 0" in imp.output
+    third = f"sqlite:///{tmp_path / 'c.db'}"
+    merged = runner.invoke(db, ["--db", third, "merge", url])
+    assert merged.exit_code == 0 and "merged 2 entries" in merged.output
+    pruned = runner.invoke(db, ["--db", third, "prune", "--gpu", "NVIDIA H200"])
+    assert pruned.exit_code == 0 and "dropped 2 entries" in pruned.output
+    assert runner.invoke(db, ["--db", third, "ls"]).output.strip() == ""
+
+
+def test_unreachable_db_is_one_line_and_fallback_works(tmp_path):
+    db = make_db_group(resolve)
+    runner = CliRunner()
+    bad = "postgresql+psycopg://u:pw@127.0.0.1:1/none"
+    out = runner.invoke(db, ["--db", bad, "ls"])
+    assert out.exit_code == 1 and out.output.startswith("Error: cannot open tuning database")
+    assert len(out.output.strip().splitlines()) == 1 and "pw" not in out.output
+    assert runner.invoke(db, ["--db", bad, "--db-fallback", "ls"]).exit_code == 0
+    (tmp_path / "bad.json").write_text("{not json")
+    out = runner.invoke(db, ["import", str(tmp_path / "bad.json")])
+    assert out.exit_code == 1 and "cannot read tuning export" in out.output
