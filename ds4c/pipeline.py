@@ -8,6 +8,7 @@ import time
 
 from ds4c.passes.attention import fuse_attention
 from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
+from ds4c.passes.cse import eliminate_common_subexpressions
 from ds4c.passes.matmul import (
     fold_rmsnorm_into_matmul,
     fuse_matmul_epilogue,
@@ -31,6 +32,7 @@ def default_passes(precision: str = "bf16") -> list:
     return [
         remove_noops,
         reinplace_state_writes,
+        eliminate_common_subexpressions,
         fuse_rmsnorm,  # before lower_linear: folding into matmul prologues needs the norms found
         fuse_attention,
         fuse_rope,
