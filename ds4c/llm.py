@@ -22,7 +22,7 @@ from .compiler import Options, compile_graph, make_chooser, report
 from .device import current_gpu
 from .ir import Graph
 from .lower import KernelTable
-from .models.llama import Llama, entry_point
+from .models.llama import Llama, entry_point, rope_tables
 
 log = logging.getLogger("ds4c")
 
@@ -81,6 +81,8 @@ def _state(model: Llama, graphs: dict[str, Graph]) -> tuple[dict, dict[str, torc
             if not role.startswith("buffer:") or role in spec:
                 continue
             t = buffers[role.removeprefix("buffer:")]
+            if t.is_meta and role in ("buffer:rope_cos", "buffer:rope_sin"):  # a model built on "meta"
+                t = rope_tables(model.config, model.max_seq_len)[role == "buffer:rope_sin"]
             spec[role] = {"init": "zeros" if role in mutated else "file", "shape": list(t.shape),
                           "dtype": str(t.dtype).removeprefix("torch.")}
             if role not in mutated:
@@ -117,3 +119,18 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
 
 def _param_names(model: Llama) -> set[str]:
     return {n for n, _ in model.named_parameters()}
+
+
+def kernel_problems(model: Llama, prefill_len: int, precision: str = "bf16") -> list[tuple[str, dict]]:
+    """Every distinct (template, problem) the compiled model launches: what `ds4c tune` tunes."""
+    from .compiler import optimize
+    from .ir import op_of, ordered
+
+    seen: dict[str, tuple[str, dict]] = {}
+    for g in capture_llm(model, prefill_len).values():
+        opt = optimize(g, Options(precision=precision))
+        for n in ordered(opt):
+            op = op_of(opt, n)
+            if op.is_kernel:
+                seen.setdefault(json.dumps([op.template, op.problem], sort_keys=True), (op.template, op.problem))
+    return list(seen.values())

@@ -95,6 +95,8 @@ def encode(v):
         return v if math.isfinite(v) else {"float": repr(v)}
     if isinstance(v, (list, tuple)):
         return {"tuple": [encode(x) for x in v]} if isinstance(v, tuple) else [encode(x) for x in v]
+    if isinstance(v, dict):  # already encoded (a plan read back from JSON)
+        return {k: encode(x) for k, x in v.items()}
     if isinstance(v, torch.dtype):
         return {"dtype": str(v).removeprefix("torch.")}
     if isinstance(v, torch.device):

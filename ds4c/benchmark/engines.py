@@ -64,11 +64,12 @@ def _max_autotune(model, prompt_len: int, opts: BuildOptions) -> Engine:
 
 def _ds4c(model, prompt_len: int, opts: BuildOptions) -> Engine:
     try:
+        from ds4c.compiler import Options
         from ds4c.llm import compile_llm
-    except Exception as e:  # not written yet, or broken import: the run goes on without it
+    except Exception as e:  # a broken import: the run goes on without it
         raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
-    kwargs = {k: v for k, v in (("tune_trials", opts.tune_trials), ("db", opts.db)) if v is not None}
-    compiled = compile_llm(model, prefill_len=prompt_len, **kwargs)
+    options = Options(db_url=opts.db, tune_trials=opts.tune_trials or 0)
+    compiled = compile_llm(model, prefill_len=prompt_len, options=options)
     return Engine("ds4c", compiled.prefill, compiled.decode,
                   {"prefill": "ds4c plan", "decode": "ds4c plan, one CUDA graph replay"}, handle=compiled)
 
