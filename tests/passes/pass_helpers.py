@@ -119,8 +119,21 @@ def execute(g: Graph, state: dict, inputs: tuple, device: torch.device) -> list[
     return exe(*(x.to(device) for x in inputs))
 
 
+def in_fp32(module: nn.Module):
+    """A reference callable: a float32 copy of module on float32 copies of the (floating) inputs."""
+    import copy
+
+    ref = copy.deepcopy(module).float()
+
+    def call(*inputs):
+        return ref(*(x.float() if x.is_floating_point() else x for x in inputs))
+
+    return call
+
+
 def check_numbers(g: Graph, state: dict, module, inputs: tuple, device, dtype=None, what: str = ""):
-    """The optimised graph run on fresh inputs equals module(*inputs) in eager PyTorch (fp32 reference)."""
+    """The optimised graph run on inputs equals module(*inputs) in eager PyTorch (module may be a reference
+    callable such as in_fp32(m)), within the tolerance of dtype (default: the reference's dtype)."""
     outs = execute(g, state, inputs, device)
     ref = module(*inputs)
     refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
