@@ -20,17 +20,18 @@ from ds4c.device import GpuInfo
 
 SCHEMA_VERSION = 1
 
-# template name -> the problem key that counts tokens (the dimension that varies between calls of one
-# kernel in a model: batch*sequence rows). `lookup` may borrow a config tuned for another value of it.
-TOKEN_DIM: dict[str, str] = {
-    "matmul": "M",
-    "gemv": "M",
-    "pointwise": "rows",
-    "rmsnorm": "rows",
-    "softmax": "rows",
-    "rope": "T",
-    "flash_attention": "T",
-    "decode_attention": "S",
+# template name -> the problem keys that count tokens (the dimension that varies between calls of one
+# kernel in a model: batch*sequence rows; prefill attention has T = S). `lookup` may borrow a config tuned
+# for another value of them; the first one measures the distance.
+TOKEN_DIM: dict[str, tuple[str, ...]] = {
+    "matmul": ("M",),
+    "gemv": ("M",),
+    "pointwise": ("rows",),
+    "rmsnorm": ("rows",),
+    "softmax": ("rows",),
+    "rope": ("T",),
+    "flash_attention": ("T", "S"),
+    "decode_attention": ("S",),
 }
 
 
@@ -99,10 +100,11 @@ def tuning_key(template: Template, problem: Problem, gpu: GpuInfo) -> str:
 
 def without_token_dim(template_name: str, problem: Problem) -> dict:
     """The problem with its token dimension removed (what must match for a nearest-neighbour lookup)."""
-    dim = TOKEN_DIM.get(template_name)
-    return {k: v for k, v in problem.items() if k != dim}
+    dims = TOKEN_DIM.get(template_name, ())
+    return {k: v for k, v in problem.items() if k not in dims}
 
 
 def token_count(template_name: str, problem: Problem) -> int | None:
-    v = problem.get(TOKEN_DIM.get(template_name, ""))
+    dims = TOKEN_DIM.get(template_name, ())
+    v = problem.get(dims[0]) if dims else None
     return v if type(v) is int and v > 0 else None

@@ -42,6 +42,7 @@ class TuneSettings:
     seed: int = 0
     compile_workers: int | None = None  # None: 8 (at most the CPU count) on CUDA, none in the interpreter
     stale_after_s: float = 3600.0  # a RUNNING trial older than this is taken as dead
+    target_us: float | None = None  # stop once a config at least this fast has been measured
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class TuneResult:
     best_us: float | None
     measured: int  # counted trials of the study (all processes)
     ran: tuple[int, ...]  # trial numbers this process finished
-    stop: str  # why tuning stopped: budget, exhausted, patience, seconds, attempts, no-valid-config
+    stop: str  # why tuning stopped: budget, exhausted, patience, target, seconds, attempts, no-valid-config
 
 
 def valid_configs(template: Template, problem: Problem, gpu: GpuInfo) -> list[Config]:
@@ -135,6 +136,8 @@ def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, att
         return "exhausted"
     if settings.patience is not None and math.isfinite(s.best) and s.since_best >= settings.patience:
         return "patience"
+    if settings.target_us is not None and s.best <= settings.target_us:
+        return "target"
     if settings.seconds is not None and time.monotonic() - t0 >= settings.seconds:
         return "seconds"
     if attempts > 20 * settings.trials + 100:
@@ -171,8 +174,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, m: Measurement, counted: boo
 
 def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
          settings: TuneSettings = TuneSettings(), *, worker: int = 0,
-         on_trial: Callable[[TuneResult], None] | None = None) -> TuneResult:
-    """Tune one (template, problem) into db until a budget stops it; other processes may share the study."""
+         on_trial: Callable[[TuneResult], None] | None = None,
+         measure_fn: Callable[..., Measurement] | None = None) -> TuneResult:
+    """Tune one (template, problem) into db until a budget stops it; other processes may share the study.
+    measure_fn (default: measure) checks and times one config; a benchmark may replay a measured table."""
+    measure_fn = measure_fn or measure
     fields = key_fields(template, problem, gpu)
     sampler = make_sampler(settings.sampler, template, settings.seed + 1000 * worker)
     study = db.study(fields, gpu, sampler)
@@ -211,7 +217,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
                                                     strict=True)))
                       if pool is not None and todo else [""] * len(todo))
             for (trial, config), err in zip(todo, errors, strict=True):
-                m = Measurement(False, math.inf, err) if err else measure(
+                m = Measurement(False, math.inf, err) if err else measure_fn(
                     template, problem, config, gpu, seed=settings.seed + trial.number)
                 _tell(study, trial, m, True)
                 ran.append(trial.number)

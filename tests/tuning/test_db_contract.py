@@ -121,7 +121,7 @@ def test_hostile_entries_are_rejected_with_a_warning(db_url, caplog):
 
 
 def test_nearest_token_count_is_borrowed_only_for_the_same_kernel(db_url, monkeypatch):
-    monkeypatch.setitem(keymod.TOKEN_DIM, VECADD.name, "n")
+    monkeypatch.setitem(keymod.TOKEN_DIM, VECADD.name, ("n",))
     db = TuningDB(db_url)
     small = tune(VECADD, {"n": 200, "dtype": "float32"}, db, INTERPRETER,
                  TuneSettings(trials=10, sampler="random", seed=1))

@@ -1,0 +1,173 @@
+"""How many trials the Optuna search needs, against the exhaustive grid of valid configs (a GPU script).
+
+For each real shape (Llama-3.1-8B and Qwen2.5-7B: decode GEMV via "gemv", prefill GEMM via "matmul",
+prefill attention via "flash_attention") it
+  1. times every valid config once (exhaustive; candidates pre-compiled by a process pool, each checked
+     against the reference before timing) and the template's default config;
+  2. replays the Optuna search with several seeds against that table: the tuner runs unchanged, but its
+     measure step looks up the time measured in (1) instead of launching (recorded as "replay": honest
+     about search efficiency, free of timing noise between runs);
+  3. runs one live Optuna search per shape (real compile, check and timing) to confirm the replay.
+It reports per shape the exhaustive trials, best time and wall time, the default's time, and the median over
+seeds of the number of measured trials Optuna needed to get within 3% of the exhaustive best.
+
+    python bench/tuning_efficiency.py --out bench/results/tuning-efficiency-h200.json [--seeds 5]
+        [--live-trials 64] [--only gemv] [--limit 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import triton
+from ds4c.kernel_templates import _mm_common as C
+from ds4c.kernel_templates import get
+from ds4c.tuning_db.db import TuningDB
+from ds4c.tuning_db.key import canonical_json
+from ds4c.tuning_db.measure import Measurement, measure, precompile
+from ds4c.tuning_db.tuner import FINISHED, TuneSettings, tune, valid_configs
+
+from ds4c.device import current_gpu
+
+SWIGLU = ("mul", ("silu", "acc"), "acc2")
+
+
+def _attn(hq: int, hkv: int, t: int) -> dict:
+    return {"B": 1, "Hq": hq, "Hkv": hkv, "T": t, "S": t, "D": 128, "dtype": "bfloat16", "causal": True,
+            "scale": 128 ** -0.5}
+
+
+# (name, template, problem): Llama-3.1-8B (4096 hidden, 14336 FFN, 32/8 heads) and Qwen2.5-7B (3584 hidden,
+# 18944 FFN, 28/4 heads, qkv bias) linear layers and attention.
+SHAPES = [
+    ("llama8b-decode-qkv", "gemv", C.problem(1, 6144, 4096)),
+    ("llama8b-decode-gate_up", "gemv", C.problem(1, 14336, 4096, dual=True, epilogue=SWIGLU)),
+    ("llama8b-decode-down", "gemv", C.problem(1, 4096, 14336)),
+    ("qwen7b-decode-qkv", "gemv", C.problem(1, 4608, 3584, bias=True, epilogue=("add", "acc", "bias"))),
+    ("qwen7b-decode-down", "gemv", C.problem(1, 3584, 18944)),
+    ("llama8b-prefill-qkv", "matmul", C.problem(2048, 6144, 4096)),
+    ("qwen7b-prefill-down", "matmul", C.problem(2048, 3584, 18944)),
+    ("llama8b-prefill-attention", "flash_attention", _attn(32, 8, 2048)),
+    ("qwen7b-prefill-attention", "flash_attention", _attn(28, 4, 2048)),
+]
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def exhaustive(template, problem, gpu, configs, pool) -> tuple[dict, float]:
+    """{config json: Measurement} over configs, and the wall seconds it took (compile + check + time)."""
+    t0 = time.perf_counter()
+    n = len(configs)
+    errors = list(pool.map(precompile, [template] * n, [problem] * n, configs, chunksize=1))
+    table = {}
+    for c, err in zip(configs, errors, strict=True):
+        table[canonical_json(c)] = (Measurement(False, math.inf, err) if err
+                                    else measure(template, problem, c, gpu))
+    return table, time.perf_counter() - t0
+
+
+def trials_to_within(db: TuningDB, key: str, target: float) -> int | None:
+    """The number of measured trials, in order, until one came within target (None: never)."""
+    done = sorted((t for t in db.trials(key, FINISHED) if t.user_attrs.get("counted")), key=lambda t: t.number)
+    for i, t in enumerate(done, 1):
+        if t.value is not None and t.value <= target:
+            return i
+    return None
+
+
+def search(template, problem, gpu, settings, measure_fn=None) -> tuple[object, TuningDB]:
+    tmp = tempfile.mkdtemp(prefix="ds4c-tuning-eff-")
+    db = TuningDB(f"sqlite:///{tmp}/search.db")
+    return tune(template, problem, db, gpu, settings, measure_fn=measure_fn), db
+
+
+def run_shape(name, tname, problem, gpu, args, pool) -> dict:
+    template = get(tname)
+    configs = valid_configs(template, problem, gpu)
+    if args.limit:
+        configs = configs[: args.limit]
+    table, wall = exhaustive(template, problem, gpu, configs, pool)
+    ok = {k: m.us for k, m in table.items() if m.ok}
+    best_key = min(ok, key=ok.get) if ok else None
+    best = ok[best_key] if ok else math.inf
+    default = template.default(problem, gpu)
+    dm = measure(template, problem, default, gpu)
+    target = best * 1.03
+
+    def replay(t, p, c, g, **kw) -> Measurement:
+        return table.get(canonical_json(c), Measurement(False, math.inf, "not in the exhaustive table"))
+
+    # the replay searches exactly the timed configs (all valid ones, or the first --limit of them)
+    timed = dataclasses.replace(template, valid=lambda c, p, g: canonical_json(c) in table)
+    per_seed = []
+    for seed in range(args.seeds):
+        settings = TuneSettings(trials=len(configs), sampler=args.sampler, seed=seed, compile_workers=0,
+                                target_us=target)
+        r, db = search(timed, problem, gpu, settings, replay)
+        per_seed.append(trials_to_within(db, r.key, target))
+    t0 = time.perf_counter()
+    live, ldb = search(template, problem, gpu, TuneSettings(trials=args.live_trials, sampler=args.sampler,
+                                                            seed=1234))
+    live_wall = time.perf_counter() - t0
+    reached = [n for n in per_seed if n is not None]
+    return {
+        "name": name, "template": tname, "problem": problem, "space_size": template.space.size(),
+        "exhaustive_trials": len(configs), "exhaustive_failed": len(configs) - len(ok),
+        "exhaustive_best_us": best, "exhaustive_best_config": json.loads(best_key) if best_key else None,
+        "exhaustive_wall_s": wall, "default_config": default, "default_us": dm.us if dm.ok else None,
+        "default_error": dm.reason or None, "seeds": args.seeds, "sampler": args.sampler,
+        "optuna_trials_to_3pct": per_seed,
+        "optuna_median_trials_to_3pct": statistics.median(reached) if len(reached) == len(per_seed) else None,
+        "optuna_mode": "replay of the exhaustive timing table (tuner unchanged, measure step looked up)",
+        "live": {"trials": live.measured, "best_us": live.best_us, "best_config": live.best_config,
+                 "trials_to_3pct": trials_to_within(ldb, live.key, target), "wall_s": live_wall,
+                 "stop": live.stop},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--sampler", default="tpe")
+    ap.add_argument("--live-trials", type=int, default=64)
+    ap.add_argument("--only", default="", help="run only shapes whose name or template contains this")
+    ap.add_argument("--limit", type=int, default=0, help="time only the first N valid configs (smoke runs)")
+    ap.add_argument("--compile-workers", type=int, default=8)
+    args = ap.parse_args()
+    gpu = current_gpu()
+    shapes = [s for s in SHAPES if args.only in s[0] or args.only == s[1]]
+    record = {"kind": "tuning-efficiency", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "commit": _commit(), "gpu": gpu.name, "torch": torch.__version__, "triton": triton.__version__,
+              "shapes": []}
+    with ProcessPoolExecutor(args.compile_workers, mp_context=get_context("spawn")) as pool:
+        for name, tname, problem in shapes:
+            try:
+                row = run_shape(name, tname, problem, gpu, args, pool)
+            except Exception as e:  # one broken shape is recorded, the run goes on
+                row = {"name": name, "template": tname, "error": f"{type(e).__name__}: {e}"[:500]}
+            record["shapes"].append(row)
+            print(json.dumps({k: row.get(k) for k in ("name", "exhaustive_trials", "exhaustive_best_us",
+                                                        "default_us", "optuna_median_trials_to_3pct")}))
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
