@@ -1,0 +1,77 @@
+"""fuse_attention: causal / plain sdpa -> flash_attention (also with grouped-query heads and through the
+backend's aot_autograd spelling), one query against a cache with an `arange <= pos` mask -> decode_attention;
+any other mask stays on ATen."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pass_helpers import Fn, capture, capture_aten, check_numbers, count, execute, kernels, run, stats, targets, upto
+
+from ds4c.precision import assert_close
+
+
+def _sdpa(causal, gqa=False):
+    return lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+
+@pytest.mark.parametrize("causal,hq,hkv", [(True, 2, 2), (False, 2, 2), (True, 4, 2)])
+def test_sdpa_to_flash_attention(causal, hq, hkv, device):
+    mod = Fn(_sdpa(causal, hq != hkv), w=torch.randn(1))
+    shapes = ((1, hq, 7, 16), (1, hkv, 7, 16), (1, hkv, 7, 16))
+    g, state = capture(mod, tuple(torch.randn(s) for s in shapes))
+    h = run(g, upto("fuse_attention"))
+    assert stats(h)["fuse_attention.flash_attention"] == 1
+    assert targets(h) == ["kernel:flash_attention"]
+    p = h.nodes[next(iter(n for n in h if h.nodes[n]["op"].is_kernel))]["op"].problem
+    assert (p["Hq"], p["Hkv"], p["T"], p["S"], p["D"], p["causal"]) == (hq, hkv, 7, 7, 16, causal)
+    check_numbers(h, state, mod, tuple(torch.randn(s) for s in shapes), device)
+
+
+def test_backend_spelling_to_flash_attention(device):
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    args = tuple(torch.randn(1, 2, 9, 32) for _ in range(3))
+    g, _ = capture_aten(fn, args)
+    assert any("scaled_dot_product" in t for t in targets(g))
+    h = run(g, upto("fuse_attention"))
+    assert kernels(h) == ["flash_attention"] and stats(h)["fuse_attention.flash_attention"] == 1
+    args = tuple(torch.randn(1, 2, 9, 32) for _ in range(3))
+    outs = execute(h, {}, args, device)
+    assert_close(outs[0].cpu(), fn(*args))
+
+
+def _decode(m, q, k_cache, v_cache, pos):
+    mask = (torch.arange(k_cache.shape[2]) <= pos).view(1, 1, 1, -1)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=True)
+
+
+def test_prefix_mask_to_decode_attention(device):
+    mod = Fn(_decode, w=torch.randn(1))
+    shapes = ((1, 4, 1, 16), (1, 2, 11, 16), (1, 2, 11, 16))
+    g, state = capture(mod, tuple(torch.randn(s) for s in shapes) + (torch.tensor([3]),))
+    h = run(g, upto("fuse_attention"))
+    assert stats(h)["fuse_attention.decode_attention"] == 1
+    assert kernels(h) == ["decode_attention"] and count(h, "aten.scaled_dot_product_attention.default") == 0
+    for pos in (0, 5, 10):
+        args = tuple(torch.randn(s) for s in shapes) + (torch.tensor([pos]),)
+        check_numbers(h, state, mod, args, device, what=f"pos {pos}")
+
+
+def test_arbitrary_mask_stays_aten(device):
+    mod = Fn(lambda m, q, k, v, mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), w=torch.randn(1))
+    args = tuple(torch.randn(1, 2, 7, 16) for _ in range(3)) + (torch.rand(1, 1, 7, 7) > 0.3,)
+    g, state = capture(mod, args)
+    h = run(g, upto("fuse_attention"))
+    assert not any(k.startswith("fuse_attention") for k in stats(h))
+    assert targets(h) == ["aten.scaled_dot_product_attention.default"]
+    mask = torch.rand(1, 1, 7, 7) > 0.3
+    mask[..., 0] = True
+    check_numbers(h, state, mod, tuple(torch.randn(1, 2, 7, 16) for _ in range(3)) + (mask,), device)
+
+
+def test_head_dim_without_template_stays_aten():
+    mod = Fn(_sdpa(True), w=torch.randn(1))
+    g, _ = capture(mod, tuple(torch.randn(1, 2, 7, 24) for _ in range(3)))
+    h = run(g, upto("fuse_attention"))
+    assert kernels(h) == [] and not any(k.startswith("fuse_attention") for k in stats(h))
