@@ -95,14 +95,14 @@ def _transposed_weight(g: Graph, wt) -> Ref | None:
 
 
 def lower_linear(g: Graph) -> Graph:
-    """linear(x, w, b) / mm(x, t(w)) / addmm(b, x, t(w)) -> matmul kernel; needs clean-up first."""
+    """linear(x, w, b) / mm(x, t(w)) / matmul(x, t(w)) / addmm(b, x, t(w)) -> matmul kernel; needs clean-up."""
     g = copy_graph(g)
     for name in ordered(g):
         op = op_of(g, name)
         if op.target == "aten.linear.default":
             x, w = op.args[0], op.args[1]
             b = op.args[2] if len(op.args) > 2 else op.kw("bias")
-        elif op.target == "aten.mm.default":
+        elif op.target in ("aten.mm.default", "aten.matmul.default"):  # matmul: export's x @ w.t()
             x, w, b = op.args[0], _transposed_weight(g, op.args[1]), None
         elif op.target == "aten.addmm.default" and op.kw("beta", 1) == 1 and op.kw("alpha", 1) == 1:
             x, w, b = op.args[1], _transposed_weight(g, op.args[2]), op.args[0]
