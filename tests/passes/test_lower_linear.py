@@ -48,3 +48,12 @@ def test_mixed_dtypes_stay_aten():
     g, _ = capture(mod, (torch.randn(7, 48),))
     h = run(g, upto("lower_linear"))
     assert "lower_linear" not in stats(h)
+
+
+def test_matmul_with_transposed_weight_lowered(device):
+    mod = Fn(lambda m, x: x @ m.w.t(), w=torch.randn(24, 48))  # export keeps aten.matmul for 3-d x
+    g, state = capture(mod, (torch.randn(2, 7, 48),))
+    assert "aten.matmul.default" in targets(g)
+    h = run(g, upto("lower_linear"))
+    assert stats(h)["lower_linear"] == 1 and targets(h) == ["kernel:matmul"]
+    check_numbers(h, state, mod, (torch.randn(2, 7, 48),), device)
