@@ -88,8 +88,28 @@ def init_on_device(model: Llama, seed: int, std: float = 0.02) -> None:
     reset_cache(model)
 
 
-def check_random(name: str, device, prompt_len: int = 64) -> dict:
-    cfg = BUILTIN[name]
+def kernel_report(compiled, tokens, last, pos) -> dict:
+    """Worst error per template over every kernel of both graphs, checked against its reference."""
+    from ds4c.check import check_graph
+
+    r = compiled.runner
+    worst: dict = {}
+    for graph, args in (("prefill", (tokens, last)), ("decode", (tokens[:, :1], pos))):
+        exe = r._prefill if graph == "prefill" else r._decode
+        for c in check_graph(exe, compiled.plan.kernels, *args):
+            key = f"{graph}:{c.template}"
+            if key not in worst or c.rel_error > worst[key]["rel_error"]:
+                worst[key] = {"rel_error": c.rel_error, "bound": c.bound, "step": c.step, "kernel": c.kernel}
+    return worst
+
+
+def check_random(name: str, device, prompt_len: int = 64, kernels: bool = False) -> dict:
+    import dataclasses
+
+    base, _, layers = name.partition("@")  # "llama-3.1-8b@2": the same shapes with 2 layers
+    cfg = BUILTIN[base]
+    if layers:
+        cfg = dataclasses.replace(cfg, num_hidden_layers=int(layers))
     model = Llama(cfg, max_seq_len=512, dtype=torch.bfloat16, device=device)
     init_on_device(model, 0)
     ref = Llama(cfg, max_seq_len=512, dtype=torch.float32, device=device)
@@ -112,6 +132,10 @@ def check_random(name: str, device, prompt_len: int = 64) -> dict:
          "prefill_rel_err": {"eager": rel_error(eager, want), "ds4c": rel_error(ours, want)},
          "decode_rel_err": {"eager": rel_error(eager_d, want_d), "ds4c": rel_error(ours_d, want_d)},
          "kernels": compiled.report["decode"]["kernels"]}
+    if kernels:
+        reset_cache(model)
+        compiled.runner.reset()
+        r["kernel_check"] = kernel_report(compiled, tokens, last, torch.tensor([prompt_len], device=device))
     r["within_1.5x_of_eager"] = all(r[k]["ds4c"] <= 1.5 * r[k]["eager"] for k in ("prefill_rel_err", "decode_rel_err"))
     return r
 
@@ -122,6 +146,7 @@ def main() -> None:
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--pytest-log", default=None)
     ap.add_argument("--models", default="tiny-llama,smollm2-135m,llama-3.1-8b")
+    ap.add_argument("--kernel-check", action="store_true", help="check every kernel against its reference")
     a = ap.parse_args()
     device = torch.device("cuda")
     rec = {"kind": "gpu-check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -131,10 +156,10 @@ def main() -> None:
         rec["tests"] = pytest_counts(Path(a.pytest_log).read_text().strip())
     for name in a.models.split(","):
         try:
-            rec["models"][name] = check_random(name, device)
+            rec["models"][name] = check_random(name, device, kernels=a.kernel_check)
         except Exception as e:  # record and go on: one failing model must not hide the others
             rec["models"][name] = {"error": f"{type(e).__name__}: {e}"}
-        print(name, json.dumps(rec["models"][name])[:400], flush=True)
+        print(name, json.dumps(rec["models"][name])[:3000], flush=True)
         torch.cuda.empty_cache()
     if a.gguf:
         try:

@@ -100,7 +100,7 @@ class Executable:
     def _compile(self, s: Step, kernels, kernel_info) -> Callable[[dict], None]:
         args = [_decoder(a, self.device) for a in s.args]
         kwargs = {k: _decoder(v, self.device) for k, v in s.kwargs.items()}
-        outs, free = s.outputs, s.free
+        outs = s.outputs
         if s.kind == "kernel":
             if s.fn not in kernels:
                 raise PlanError(f"step launches unknown kernel {s.fn}")
@@ -115,8 +115,6 @@ class Executable:
                 launch(*out_t, *(a(env) for a in args), **const_kw)
                 for name, t in zip(outs, out_t, strict=True):
                     env[name] = t
-                for f in free:
-                    env.pop(f, None)
 
             return run
         if s.kind != "aten":
@@ -131,18 +129,21 @@ class Executable:
                 for name, t in zip(outs, r, strict=False):
                     if name is not None:
                         env[name] = t
-            for f in free:
-                env.pop(f, None)
 
         return run
 
-    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, *inputs: torch.Tensor, after_step: Callable | None = None) -> list[torch.Tensor]:
+        """Run the graph; after_step(index, step, env), if given, sees every step's results (debugging)."""
         if len(inputs) != len(self.user_inputs):
             raise TypeError(f"graph takes {len(self.user_inputs)} inputs, got {len(inputs)}")
         env = dict(self.static_env)
         env.update(zip(self.user_inputs, inputs, strict=True))
-        for run in self.steps:
+        for i, (run, step) in enumerate(zip(self.steps, self.gp.steps, strict=True)):
             run(env)
+            if after_step is not None:
+                after_step(i, step, env)
+            for f in step.free:
+                env.pop(f, None)
         for state, name in self.gp.mutations:
             new, dst = env[name], self.values[state]
             if new.data_ptr() != dst.data_ptr():
