@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -27,6 +28,8 @@ from ds4c.precision import rel_error
 
 
 def _commit() -> str:
+    if os.environ.get("DS4C_COMMIT"):
+        return os.environ["DS4C_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
@@ -149,7 +152,7 @@ def main() -> None:
     ap.add_argument("--kernel-check", action="store_true", help="check every kernel against its reference")
     a = ap.parse_args()
     device = torch.device("cuda")
-    rec = {"kind": "gpu-check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    rec = {"kind": "gpu-check", "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "commit": _commit(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "command": " ".join(sys.argv), "models": {}}
     if a.pytest_log and Path(a.pytest_log).exists():
