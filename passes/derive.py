@@ -27,7 +27,7 @@ def _contig(shape: tuple[int, ...], dtype: torch.dtype) -> TensorType:
     return TensorType(tuple(shape), dtype, tuple(reversed(stride)))
 
 
-def derived_input(g: Graph, op: str, of: list[Ref], shape: tuple[int, ...], dtype: torch.dtype,
+def derived_input(g: Graph, op: str, of: list[Ref], shape: tuple[int, ...], dtype: torch.dtype, /,
                   **params) -> Ref:
     """The graph input for weight `op(of...)`, created once per distinct recipe."""
     names = [source_name(g, r) for r in of]
