@@ -12,7 +12,7 @@ from ds4c.compiler import Options
 from ds4c.device import current_gpu
 from ds4c.llm import compile_llm
 from ds4c.models.configs import BUILTIN
-from ds4c.models.llama import Llama, reset_cache
+from ds4c.models.llama import Llama
 from ds4c.precision import rel_error
 from ds4c.runtime.loader import load_source
 
