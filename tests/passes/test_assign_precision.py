@@ -5,10 +5,10 @@ nothing."""
 import pytest
 import torch
 import torch.nn.functional as F
-from ds4c.passes.precision import assign_precision
 from pass_helpers import Fn, capture, check_numbers, run, stats, upto
 
 from ds4c.ir import op_of
+from ds4c.passes.precision import assign_precision
 
 
 def _mlp(m, x):

@@ -2,12 +2,12 @@
 random ops and differing arguments keep nodes apart."""
 
 import torch
-from ds4c.passes.cleanup import remove_noops
-from ds4c.passes.cse import eliminate_common_subexpressions
-from ds4c.passes.reinplace import reinplace_state_writes
 from pass_helpers import Fn, capture, check_numbers, count, run, stats, targets
 
 from ds4c.ir import Op, Ref, TensorType, add_node, verify
+from ds4c.passes.cleanup import remove_noops
+from ds4c.passes.cse import eliminate_common_subexpressions
+from ds4c.passes.reinplace import reinplace_state_writes
 
 
 def _layers(m, x, cos):

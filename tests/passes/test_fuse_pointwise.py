@@ -4,12 +4,12 @@ into one kernel and equal eager."""
 
 import torch
 import torch.nn.functional as F
-from ds4c.passes.pointwise import fuse_pointwise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pass_helpers import Fn, capture, check_numbers, count, kernels, run, stats, targets
 
 from ds4c.ir import op_of
+from ds4c.passes.pointwise import fuse_pointwise
 
 W = {"w": torch.randn(1)}
 

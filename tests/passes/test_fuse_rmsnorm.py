@@ -4,8 +4,9 @@ Hugging Face bf16 spelling with casts around the fp32 statistics; near-misses st
 import pytest
 import torch
 import torch.nn.functional as F
-from ds4c.passes.norms import fuse_softmax
 from pass_helpers import Fn, capture, check_numbers, count, in_fp32, kernels, run, stats, targets, upto
+
+from ds4c.passes.norms import fuse_softmax
 
 
 def _rms(m, x):

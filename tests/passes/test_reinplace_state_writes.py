@@ -3,12 +3,12 @@
 
 import networkx as nx
 import torch
-from ds4c.passes.cleanup import remove_noops
-from ds4c.passes.reinplace import reinplace_state_writes
 from pass_helpers import capture, count, execute, run, stats, targets
 from torch import nn
 
 from ds4c.ir import Op, Ref, TensorType, add_node, verify
+from ds4c.passes.cleanup import remove_noops
+from ds4c.passes.reinplace import reinplace_state_writes
 
 
 class Cache(nn.Module):

@@ -1,10 +1,10 @@
 """remove_noops and eliminate_dead_code: identity ops and unread nodes disappear, numbers stay."""
 
 import torch
-from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
 from pass_helpers import Fn, capture, check_numbers, count, run, stats, targets
 
 from ds4c.ir import Op, Ref, add_node, out_type
+from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
 
 
 def _noisy(m, x):
