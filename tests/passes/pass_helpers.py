@@ -111,7 +111,7 @@ def execute(g: Graph, state: dict, inputs: tuple, device: torch.device) -> list[
     gp = lower(g, table, make_chooser(Options(use_db=False)))
     plan = from_json(json.loads(json.dumps(to_json(Plan({"main": gp}, table.kernels, {}, {})))))
     kern = {kid: load_source(src) for kid, src in table.sources.items()}
-    state = {r: t.to(device) for r, t in state.items()}
+    state = {r: t.to(device) for r, t in state.items()}  # state already on device is written in place
     base = {r.split(":", 1)[1]: t for r, t in state.items() if r.startswith("param:")}
     values = dict(state)
     values.update({f"derived:{k}": v for k, v in derive(g.graph.get("derived", {}), base).items()})
