@@ -6,7 +6,7 @@ shared producer instead of copies).
 
 from __future__ import annotations
 
-from ds4c.ir import Graph, Op, Ref, bump, op_of, op_refs, ordered, remove_dead, replace_uses
+from ds4c.ir import Graph, Ref, bump, op_of, op_refs, ordered, remove_dead, replace_uses
 
 from .cleanup import copy_graph
 from .match import see_through_views
@@ -44,10 +44,14 @@ def _written_in_place(g: Graph) -> set[str]:
     return out
 
 
-def check_pure(g: Graph, op: Op, written: set[str]) -> bool:
+def check_pure(g: Graph, node: str, written: set[str]) -> bool:
     """An ATen op with no side effect whose result depends only on its arguments, none of which is a value
-    some in-place op overwrites (two reads of it may see different contents)."""
+    some in-place op overwrites (two reads of it may see different contents), and which is not itself
+    overwritten later (sharing it would let the write reach the other copy's readers)."""
+    op = op_of(g, node)
     name = _op_name(op.target)
+    if node in written:
+        return False
     if not op.target.startswith("aten.") or not name or name.endswith("_"):
         return False
     if "rand" in name or name in _IMPURE_NAMES:
@@ -63,7 +67,7 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
     merged = 0
     for name in ordered(g):
         op = op_of(g, name)  # read now: earlier merges may have rewritten this node's arguments
-        if not check_pure(g, op, written):
+        if not check_pure(g, name, written):
             continue
         try:
             key = (op.target, _hashable(op.args), _hashable(op.kwargs), op.outputs)

@@ -89,3 +89,17 @@ def test_random_ops_stay_apart():
     g.graph["outputs"] = g.graph["outputs"] + [Ref(r1), Ref(r2)]
     h = run(g, [eliminate_common_subexpressions])
     assert count(h, "aten.rand_like.default") == 2
+
+
+def test_fresh_tensors_written_in_place_stay_apart():
+    """z1 = zeros; z2 = zeros; index_copy_(z2, ...): merging z2 into z1 would let the write reach z1's reader."""
+    g = _graph_with_write_between()
+    idx, src = Ref(g.graph["inputs"][2]), Ref(g.graph["inputs"][1])
+    z1 = add_node(g, "z1", Op("aten.zeros.default", args=((4, 8),), outputs=(_tt(4, 8),)), 6.0)
+    z2 = add_node(g, "z2", Op("aten.zeros.default", args=((4, 8),), outputs=(_tt(4, 8),)), 7.0)
+    w2 = add_node(g, "w2", Op("aten.index_copy_.default", args=(Ref(z2), 0, idx, src), outputs=(_tt(4, 8),)), 8.0)
+    r1 = add_node(g, "r1", Op("aten.mul.Tensor", args=(Ref(z1), 2), outputs=(_tt(4, 8),)), 9.0)
+    g.graph["outputs"] = g.graph["outputs"] + [Ref(w2), Ref(r1)]
+    verify(g)
+    h = run(g, [eliminate_common_subexpressions])
+    assert count(h, "aten.zeros.default") == 2 and "eliminate_common_subexpressions" not in stats(h)
