@@ -56,9 +56,30 @@ def make_chooser(options: Options, gpu: GpuInfo | None = None) -> Chooser:
             near = db.lookup(t, problem, gpu)
             if near is not None:
                 return near, "nearest"
+        if gpu.is_interpreter:
+            return interpreter_config(t, problem, gpu), "default"
         return t.default(problem, gpu), "default"
 
     return choose
+
+
+def interpreter_config(t, problem: dict, gpu: GpuInfo) -> dict:
+    """Under the Triton interpreter the cost is per program, not per byte: take the valid config with the
+    largest tiles (fewest programs), capped so a tile stays a few thousand elements wide."""
+
+    def size(c: dict) -> int:
+        n = 1
+        for k, v in c.items():
+            if k.startswith("BLOCK") or k == "ROWS":
+                n *= v
+        return n
+
+    best, best_size = t.default(problem, gpu), 0
+    for c in t.space.grid():
+        s = size(c)
+        if best_size < s <= 1 << 16 and t.valid(c, problem, gpu):
+            best, best_size = c, s
+    return best
 
 
 def optimize(g: Graph, options: Options) -> Graph:

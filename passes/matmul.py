@@ -18,6 +18,7 @@ from .derive import derived_input, weight_type
 from .match import is_weight, prod, producer, sole_user, target_of, users
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
+FOLD_MAX_ROWS = 16  # RMSNorm folds into gemv prologues (decode); prefill keeps the norm kernel
 MM = ("kernel:matmul", "kernel:gemv")
 
 
@@ -276,6 +277,8 @@ def check_foldable_norm(g: Graph, norm: str) -> list[str] | None:
                 return None
         if rop.problem["dtype"] != nop.problem["dtype"]:
             return None
+        if rop.problem["M"] > FOLD_MAX_ROWS:
+            return None  # tensor-core tiles would run the norm unpipelined: a separate kernel is faster
     return readers
 
 
