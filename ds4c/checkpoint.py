@@ -159,6 +159,28 @@ def load_weights(path: str | Path, dtype: torch.dtype | None = None,
     return out
 
 
+def check_checkpoint(path: str | Path) -> LlamaConfig:
+    """The checkpoint's LlamaConfig, after checking every safetensors header (size, tensor names and shapes)
+    against it without reading tensor data: what `ds4c compile` checks before capturing."""
+    config = load_config(path)
+    found: dict[str, torch.Tensor] = {}  # meta tensors: shapes only
+    where: dict[str, Path] = {}
+    for shard, promised in _shard_files(path).items():
+        entries = check_safetensors(shard)
+        missing_here = sorted(set(promised or ()) - set(entries))
+        if missing_here:
+            raise Ds4cError(f"tensor(s) named in the index are missing: {', '.join(missing_here[:5])}", shard)
+        for name, entry in entries.items():
+            if name in found:
+                raise Ds4cError(f"tensor {name!r} also in {where[name].name}", shard)
+            if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and config.tie_word_embeddings):
+                continue
+            found[name] = torch.empty([int(s) for s in entry["shape"]], device="meta")
+            where[name] = shard
+    _check_against(found, expected_shapes(config), where, path)
+    return config
+
+
 def _check_against(out: dict, want: dict, where: dict, path: str | Path) -> None:
     first = next(iter(where.values()), Path(path))
     missing = sorted(set(want) - set(out))

@@ -83,18 +83,16 @@ def main(ctx, verbose: int, device: str | None) -> None:
 
 def load_model_source(name_or_path: str, max_seq_len: int, dtype, device: str = "meta"):
     """(Llama, checkpoint folder or None) for a checkpoint path or a built-in config name (random weights)."""
-    from .checkpoint import check_safetensors, load_config
+    from .checkpoint import check_checkpoint
     from .models.configs import BUILTIN
     from .models.llama import Llama
 
     if name_or_path in BUILTIN:
         cfg, folder = BUILTIN[name_or_path], None
     else:
-        cfg = load_config(name_or_path)
+        cfg = check_checkpoint(name_or_path)  # config.json and every header, before minutes of capture
         p = Path(name_or_path)
         folder = p if p.is_dir() else p.parent
-        for f in sorted(folder.glob("*.safetensors")):
-            check_safetensors(f)
     max_seq_len = min(max_seq_len, cfg.max_position_embeddings)
     return Llama(cfg, max_seq_len=max_seq_len, dtype=dtype, device=device), folder
 
