@@ -19,7 +19,7 @@ from ds4c.models.llama import Llama, init_random
 
 CFG = BUILTIN["tiny-llama"]
 PREFILL, MAX_SEQ = 8, 32
-COMPILE_FLAGS = ["--prefill-len", str(PREFILL), "--max-seq-len", str(MAX_SEQ)]
+COMPILE_FLAGS = ["--prefill-len", str(PREFILL), "--max-seq-len", str(MAX_SEQ), "--dtype", "float32"]
 
 
 def write_checkpoint(folder: Path, seed: int) -> dict[str, torch.Tensor]:
