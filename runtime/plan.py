@@ -138,7 +138,8 @@ def _tuplify(v):
 def from_json(d: dict, path: object = None) -> Plan:
     if not isinstance(d, dict) or d.get("format_version") != FORMAT_VERSION:
         found = d.get("format_version") if isinstance(d, dict) else None
-        raise PlanError(f"plan format {found!r} is not {FORMAT_VERSION} (made by another ds4c version); "
+        origin = ("an older" if found < FORMAT_VERSION else "a newer") if isinstance(found, int) else "another"
+        raise PlanError(f"plan format {found!r} is not {FORMAT_VERSION} (from {origin} ds4c); "
                         "compile the model again", path)
     try:
         graphs = {}
