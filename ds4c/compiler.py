@@ -65,7 +65,7 @@ def make_chooser(options: Options, gpu: GpuInfo | None = None) -> Chooser:
 
 def interpreter_config(t, problem: dict, gpu: GpuInfo) -> dict:
     """Under the Triton interpreter the cost is per program, not per byte: take the valid config with the
-    largest tiles (fewest programs), capped so a tile stays a few thousand elements wide."""
+    largest tiles (fewest programs), up to a million elements a tile."""
 
     def size(c: dict) -> int:
         n = 1
@@ -77,7 +77,7 @@ def interpreter_config(t, problem: dict, gpu: GpuInfo) -> dict:
     best, best_size = t.default(problem, gpu), 0
     for c in t.space.grid():
         s = size(c)
-        if best_size < s <= 1 << 16 and t.valid(c, problem, gpu):
+        if best_size < s <= 1 << 20 and t.valid(c, problem, gpu):
             best, best_size = c, s
     return best
 

@@ -40,8 +40,10 @@ class GpuInfo:
         return self.capability == (0, 0)
 
 
-INTERPRETER = GpuInfo("triton-interpreter", (0, 0), sm_count=4, smem_per_block=228 * 1024,
-                      regs_per_sm=65536, l2_bytes=50 * 1024 * 1024)
+# The interpreter as a device: programs run one after another in numpy, so there is no shared memory or
+# register file to fit; what costs time is the number of programs.
+INTERPRETER = GpuInfo("triton-interpreter", (0, 0), sm_count=4, smem_per_block=1 << 30,
+                      regs_per_sm=1 << 30, l2_bytes=50 * 1024 * 1024)
 
 
 @cache

@@ -13,7 +13,7 @@ from ds4c.device import GpuInfo
 MAX_ROWS = 16
 
 SPACE = SearchSpace((
-    ("BLOCK_N", (4, 8, 16, 32, 64)),
+    ("BLOCK_N", (4, 8, 16, 32, 64, 128, 256, 512, 1024)),  # > 64: the interpreter only (registers)
     ("BLOCK_K", (64, 128, 256, 512, 1024)),
     ("num_warps", (1, 2, 4, 8)),
     ("num_stages", (1, 2, 3, 4)),
@@ -41,8 +41,8 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     bn, bk, warps = config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     threads = 32 * warps
     n_acc = 2 if p["dual"] else 1
-    if _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads:
-        return False
+    if _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads and not gpu.is_interpreter:
+        return False  # the interpreter has no registers: there, fewer and larger programs are faster
     # up to 8 weight elements (one 16-byte bf16 load) per thread and step; fewer when many rows share them
     if bn * bk < threads * max(1, 8 // _pow2_ceil(p["M"])):
         return False
