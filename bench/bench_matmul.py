@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import triton
 import triton.testing
-from ds4c.kernel_templates import _mm_common as C
-from ds4c.kernel_templates import get
-from ds4c.runtime.loader import load_source
 
 from ds4c.device import current_gpu
+from ds4c.kernel_templates import _mm_common as C
+from ds4c.kernel_templates import get
 from ds4c.precision import TOLERANCE, rel_error
+from ds4c.runtime.loader import load_source
 
 # (name, N, K, dual): Llama-3.1-8B linear layers; gate+up is one dual-weight kernel with N = 14336
 SHAPES = [("qkv", 6144, 4096, False), ("o", 4096, 4096, False), ("gate_up", 14336, 4096, True),

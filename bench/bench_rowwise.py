@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from ds4c.kernel_templates import get
-from ds4c.kernel_templates.base import dtype_of
-from ds4c.runtime.loader import load_source
 from triton.testing import do_bench
 
 from ds4c.device import current_gpu
+from ds4c.kernel_templates import get
+from ds4c.kernel_templates.base import dtype_of
 from ds4c.precision import TOLERANCE, rel_error
+from ds4c.runtime.loader import load_source
 
 DEVICE = torch.device("cuda")
 QUANTILES = [0.5, 0.2, 0.8]

@@ -32,14 +32,14 @@ from pathlib import Path
 
 import torch
 import triton
+
+from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.tuning_db.db import TuningDB
 from ds4c.tuning_db.key import canonical_json
 from ds4c.tuning_db.measure import Measurement, measure, precompile
 from ds4c.tuning_db.tuner import FINISHED, TuneSettings, tune, valid_configs
-
-from ds4c.device import current_gpu
 
 SWIGLU = ("mul", ("silu", "acc"), "acc2")
 

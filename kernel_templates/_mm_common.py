@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 import torch
+
 from ds4c.kernel_templates import expr as E
 from ds4c.kernel_templates.base import Problem, dtype_of, randn
 

@@ -12,10 +12,10 @@ attended), o [B,Hq,1,D] contiguous. kv_len is never read on the host, so the lau
 from __future__ import annotations
 
 import torch
-from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of, randn
-from ds4c.kernel_templates.flash_attention import DTYPES, attention_reference, head_dim_ok
 
 from ds4c.device import GpuInfo
+from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of, randn
+from ds4c.kernel_templates.flash_attention import DTYPES, attention_reference, head_dim_ok
 
 SPACE = SearchSpace((
     ("BLOCK_S", (16, 32, 64, 128, 256, 512, 1024)),

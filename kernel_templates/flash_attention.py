@@ -11,9 +11,9 @@ j <= i + (S - T); a query row that sees no key at all is zero.
 from __future__ import annotations
 
 import torch
-from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of, randn
 
 from ds4c.device import GpuInfo
+from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of, randn
 
 SPACE = SearchSpace((
     ("BLOCK_M", (16, 32, 64, 128)),

@@ -5,10 +5,9 @@ weight tile from HBM once for all rows. `matmul` takes the same problem with ten
 
 from __future__ import annotations
 
+from ds4c.device import GpuInfo
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
-
-from ds4c.device import GpuInfo
 
 MAX_ROWS = 16
 

@@ -5,10 +5,9 @@ dual weights, bias, extra inputs and int8/fp8 weights (kernel_templates/matmul.p
 
 from __future__ import annotations
 
+from ds4c.device import GpuInfo
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
-
-from ds4c.device import GpuInfo
 
 SPACE = SearchSpace((
     ("BLOCK_M", (16, 32, 64, 128, 256)),

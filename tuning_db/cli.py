@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from ds4c.kernel_templates.base import Template
 
 from ds4c import kernel_templates
 from ds4c.errors import Ds4cError
+from ds4c.kernel_templates.base import Template
 
 from .db import TuningDB, read_json
 from .portable import export_entries, import_entries, merge

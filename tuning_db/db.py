@@ -24,12 +24,12 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-from ds4c.kernel_templates.base import Config, Problem, Template
-from ds4c.runtime.loader import cache_dir
 from optuna.trial import TrialState
 
 from ds4c.device import GpuInfo
 from ds4c.errors import Ds4cError
+from ds4c.kernel_templates.base import Config, Problem, Template
+from ds4c.runtime.loader import cache_dir
 
 from .key import SCHEMA_VERSION, KeyFields, canonical_json, key_fields, token_count, without_token_dim
 

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import triton
-from ds4c.kernel_templates.base import Problem, Template
 
 from ds4c.device import GpuInfo
+from ds4c.kernel_templates.base import Problem, Template
 
 SCHEMA_VERSION = 1
 

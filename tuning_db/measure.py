@@ -15,11 +15,11 @@ import traceback
 from dataclasses import dataclass
 
 import torch
-from ds4c.kernel_templates.base import Config, Problem, Template
-from ds4c.runtime.loader import load_source
 
 from ds4c.device import GpuInfo, default_device
+from ds4c.kernel_templates.base import Config, Problem, Template
 from ds4c.precision import TOLERANCE, rel_error
+from ds4c.runtime.loader import load_source
 
 INTERPRETER_REPS = 3  # wall-clock runs under the interpreter (its timings say nothing about a GPU)
 MAX_INPUT_SETS = 32  # rotating input sets on the GPU, so a small problem is not timed from a warm L2

@@ -11,10 +11,10 @@ import math
 from collections.abc import Callable
 
 import optuna
-from ds4c.kernel_templates.base import Config, Template
 from optuna.trial import TrialState
 
 from ds4c import kernel_templates
+from ds4c.kernel_templates.base import Config, Template
 
 from .db import TuningDB, check_config, gpu_from_json, log
 from .key import KeyFields

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import optuna
-from ds4c.kernel_templates.base import Config, Problem, Template
 from optuna.trial import TrialState
 
 from ds4c.device import GpuInfo, default_device
+from ds4c.kernel_templates.base import Config, Problem, Template
 
 from .db import TuningDB
 from .key import canonical_json, key_fields

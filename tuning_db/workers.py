@@ -12,10 +12,9 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ds4c.kernel_templates.base import Problem, Template
-
 from ds4c import kernel_templates
 from ds4c.device import GpuInfo, current_gpu
+from ds4c.kernel_templates.base import Problem, Template
 
 from .db import TuningDB
 from .key import key_fields

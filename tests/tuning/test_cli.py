@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from ds4c.tuning_db.cli import make_db_group, tune_command
 from vecadd_template import VECADD, resolve
+
+from ds4c.tuning_db.cli import make_db_group, tune_command
 
 P = {"n": 300, "dtype": "float32"}
 

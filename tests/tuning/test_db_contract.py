@@ -7,17 +7,17 @@ import math
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+from vecadd_template import VECADD, resolve
+
+from ds4c.device import INTERPRETER
+from ds4c.errors import Ds4cError
 from ds4c.tuning_db import key as keymod
 from ds4c.tuning_db.db import STUDY_PREFIX, TuningDB, default_url
 from ds4c.tuning_db.key import KeyFields, key_fields
 from ds4c.tuning_db.portable import distributions, export_entries, import_entries, params_of
 from ds4c.tuning_db.tuner import TuneSettings, study_state, tune, valid_configs
 from ds4c.tuning_db.workers import tune_problems
-from optuna.trial import TrialState
-from vecadd_template import VECADD, resolve
-
-from ds4c.device import INTERPRETER
-from ds4c.errors import Ds4cError
 
 P = {"n": 300, "dtype": "float32"}  # 300 is no multiple of any BLOCK: TAIL=0 leaves elements unwritten
 

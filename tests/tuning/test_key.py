@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 
-from ds4c.tuning_db.key import KeyFields, key_fields, tuning_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vecadd_template import VECADD
 
 from ds4c.device import INTERPRETER, GpuInfo
+from ds4c.tuning_db.key import KeyFields, key_fields, tuning_key
 
 problems = st.dictionaries(st.text("abcdefgMNKT_", min_size=1, max_size=6),
                            st.one_of(st.integers(-2**40, 2**40), st.sampled_from(["bfloat16", "float32"]),

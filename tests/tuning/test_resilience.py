@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from ds4c.tuning_db.db import TuningDB
-from ds4c.tuning_db.key import key_fields
-from ds4c.tuning_db.tuner import TuneSettings, tune
 from optuna.trial import TrialState
 from vecadd_template import VECADD
 
 from ds4c.device import INTERPRETER
+from ds4c.tuning_db.db import TuningDB
+from ds4c.tuning_db.key import key_fields
+from ds4c.tuning_db.tuner import TuneSettings, tune
 
 P = {"n": 300, "dtype": "float32"}
 
