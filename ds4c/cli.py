@@ -118,7 +118,9 @@ def _dtype(name: str | None, device: str):
 @click.option("--db", "db_url", default=None, help="tuning database URL (default: $DS4C_DB or the cache file)")
 @click.option("--tune-trials", default=0, show_default=True, help="tune kernels the database lacks")
 @click.option("--report", is_flag=True, help="print fusion groups and every op left on ATen")
-def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision, db_url, tune_trials, report):
+@click.option("--no-cache", is_flag=True, help="capture and optimise again even if a cached plan exists")
+def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision, db_url, tune_trials, report,
+                no_cache=False):
     """Compile CHECKPOINT (a Hugging Face folder, its model.safetensors, or a built-in config name) into a
     plan directory."""
     from .compiler import Options, format_report
@@ -127,7 +129,7 @@ def compile_cmd(checkpoint, out_dir, prefill_len, max_seq_len, dtype, precision,
     device = _device()
     t0 = time.perf_counter()
     model, folder = load_model_source(checkpoint, max_seq_len, _dtype(dtype, device))
-    options = Options(precision=precision, db_url=db_url, tune_trials=tune_trials)
+    options = Options(precision=precision, db_url=db_url, tune_trials=tune_trials, use_cache=not no_cache)
     meta = {"checkpoint": str(folder.resolve()) if folder else None, "builtin": None if folder else checkpoint,
             "dtype": str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")}
     compiled = compile_llm(model, prefill_len=prefill_len, options=options, bind=False, meta=meta)

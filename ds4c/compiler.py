@@ -27,6 +27,7 @@ class Options:
     use_db: bool = True  # False: heuristic defaults only (no database is opened)
     tune_trials: int = 0  # > 0: tune problems the database lacks, this many measured trials each
     tune_seconds: float | None = None
+    use_cache: bool = True  # reuse a compiled plan of the same model, options and ds4c (configs re-chosen)
 
 
 def make_chooser(options: Options, gpu: GpuInfo | None = None) -> Chooser:

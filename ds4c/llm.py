@@ -5,9 +5,11 @@ ds4c engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from ds4c.runtime.llm import LLMRunner, load_kernels
 from ds4c.runtime.plan import Plan, from_json, to_json
 from ds4c.runtime.plan import save as save_plan
 
+from . import compile_cache
 from .capture import export_graph
 from .compiler import Options, compile_graph, make_chooser, report
 from .device import current_gpu
@@ -95,9 +98,20 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
     """Capture, optimise and lower both graphs; with bind, ready to run on the model's own weights."""
     options = options or Options()
     t0 = time.perf_counter()
+    choose = make_chooser(options, current_gpu())
+    key = compile_cache.plan_key(model.config.to_hf(), prefill_len, model.max_seq_len,
+                                 str(model.model.embed_tokens.weight.dtype).removeprefix("torch."), options.precision)
+    hit = compile_cache.lookup(key, choose) if options.use_cache else None
+    if hit is not None:
+        plan, sources, saved = hit
+        plan = dataclasses.replace(plan, meta={**plan.meta, **(meta or {})})
+        rep = dict(plan.meta.get("report", {}))
+        rep["configs"] = dict(Counter(k.config_source for k in plan.kernels.values()))
+        compiled = CompiledLLM(plan, sources, saved, rep, time.perf_counter() - t0)
+        log.info("ds4c: plan from the compile cache (%s) in %.2f s", key, compiled.compile_s)
+        return _bind(compiled, model, bind, cuda_graph)
     graphs = capture_llm(model, prefill_len)
     table = KernelTable({}, {})
-    choose = make_chooser(options, current_gpu())
     optimized, plans = {}, {}
     for name, g in graphs.items():
         optimized[name], plans[name] = compile_graph(g, table, choose, options)
@@ -108,9 +122,16 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
     rep = report(optimized, table)
     plan = Plan(plans, table.kernels, derived, spec,
                 meta={"prefill_len": prefill_len, "max_seq_len": model.max_seq_len,
-                      "config": model.config.to_hf(), "precision": options.precision, **(meta or {})})
+                      "config": model.config.to_hf(), "precision": options.precision, "report": rep})
     plan = from_json(json.loads(json.dumps(to_json(plan))))  # run exactly what a saved plan would run
+    if options.use_cache:
+        compile_cache.store(key, plan, table.sources, saved)
+    plan = dataclasses.replace(plan, meta={**plan.meta, **(meta or {})})
     compiled = CompiledLLM(plan, table.sources, saved, rep, time.perf_counter() - t0)
+    return _bind(compiled, model, bind, cuda_graph)
+
+
+def _bind(compiled: CompiledLLM, model: Llama, bind: bool, cuda_graph: bool) -> CompiledLLM:
     if bind:
         weights = {k: v for k, v in model.state_dict().items() if k in _param_names(model)}
         compiled.bind(weights, model.rope_cos.device, cuda_graph)
