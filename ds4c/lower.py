@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ds4c import kernel_templates
 from ds4c.kernel_templates.base import problem_key
 from ds4c.passes.match import VIEW_OPS
 from ds4c.runtime.plan import Buffer, GraphPlan, Kernel, Step, TensorArg
 
+from .codegen import TRITON, Target
 from .ir import Graph, Ref, op_of, ordered
 
 ALIGN = 256
@@ -40,14 +40,14 @@ class KernelTable:
 
     kernels: dict  # id -> Kernel
     sources: dict  # id -> source text
+    target: Target = TRITON
 
     def add(self, template: str, problem: dict, choose: Chooser) -> str:
         key = problem_key({"template": template, "problem": problem})
         kid = f"{template}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         if kid not in self.kernels:
-            t = kernel_templates.get(template)
             config, how = choose(template, problem)
-            self.sources[kid] = t.source(problem)
+            self.sources[kid] = self.target.source(template, problem)
             self.kernels[kid] = Kernel(template, problem, dict(config), how, f"kernels/{kid}.py")
         return kid
 
@@ -112,7 +112,6 @@ def lower(g: Graph, table: KernelTable, choose: Chooser) -> GraphPlan:
 
 def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Chooser) -> None:
     kid = table.add(op.template, op.problem, choose)
-    t = kernel_templates.get(op.template)
     args = [_name(a) for a in op.args]
     out_t = op.outputs[0]
     flatten = _FLATTEN.get(op.template)
@@ -134,8 +133,8 @@ def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Choose
     buf = name if out_shape == out_t.shape else em.tmp(name)
     em.buffers[buf] = Buffer(buf, tuple(out_shape), str(out_t.dtype).removeprefix("torch."), 0)
     em.alias[buf] = buf
-    em.steps.append(Step("kernel", kid, tuple(TensorArg(a) for a in args), dict(t.launch_kwargs(op.problem)),
-                         (buf,)))
+    kwargs = table.target.launch_kwargs(op.template, op.problem)
+    em.steps.append(Step("kernel", kid, tuple(TensorArg(a) for a in args), kwargs, (buf,)))
     if buf != name:
         em.steps.append(Step("aten", "aten.view.default", (TensorArg(buf), list(out_t.shape)), {}, (name,)))
         em.alias[name] = buf
