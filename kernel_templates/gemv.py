@@ -40,6 +40,8 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     bn, bk, warps = config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     threads = 32 * warps
     n_acc = 2 if p["dual"] else 1
+    if _pow2_ceil(p["M"]) * bn * bk > 1 << 20:
+        return False  # Triton's largest tensor
     if _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads and not gpu.is_interpreter:
         return False  # the interpreter has no registers: there, fewer and larger programs are faster
     # up to 8 weight elements (one 16-byte bf16 load) per thread and step; fewer when many rows share them
