@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ds4c.ir import Graph, Op, Ref, op_of, out_type, users
+from ds4c.ir import Graph, Op, Ref, is_live_out, op_of, out_type, users
 
 VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
             "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
@@ -25,16 +25,12 @@ def target_of(g: Graph, value) -> str | None:
 def sole_user(g: Graph, name: str) -> str | None:
     """The only node reading name, when name is not also a graph output."""
     us = users(g, name)
-    from ds4c.ir import is_live_out
-
     if len(us) == 1 and not is_live_out(g, name):
         return us[0]
     return None
 
 
 def only_users_are(g: Graph, name: str, allowed: set[str]) -> bool:
-    from ds4c.ir import is_live_out
-
     return not is_live_out(g, name) and set(users(g, name)) <= allowed
 
 

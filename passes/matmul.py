@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
+from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, is_live_out, op_of, ordered, replace_uses, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
 from .derive import derived_input, weight_type
@@ -261,8 +261,6 @@ def check_foldable_norm(g: Graph, norm: str) -> list[str] | None:
     if nop.problem["residual"] or not is_weight(g, nop.args[1]):
         return None
     readers = users(g, norm)
-    from ds4c.ir import is_live_out
-
     if not readers or is_live_out(g, norm):
         return None
     for r in readers:
