@@ -8,6 +8,7 @@ torch.compile backend after aot_autograd). First stage of the pipeline.
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -100,8 +101,10 @@ def export_graph(module: torch.nn.Module, args: tuple) -> Captured:
     """Capture module(*args) with torch.export at functional ATen level; parameters and buffers keep
     their names in module.state_dict()."""
     try:
-        ep = torch.export.export(module, args, strict=False)
-        ep = ep.run_decompositions({})
+        with warnings.catch_warnings():  # torch's own pytree deprecation notice, not the user's concern
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            ep = torch.export.export(module, args, strict=False)
+            ep = ep.run_decompositions({})
     except Exception as e:  # export failures are the user's model's problem: say what failed
         raise Ds4cError(f"torch.export of {type(module).__name__} failed: {e}") from e
     what = type(module).__name__
