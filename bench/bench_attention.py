@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from ds4c.benchmark.measure import guarded
+from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.decode_attention import bytes_moved
@@ -63,21 +65,6 @@ def _rates(t: dict, flops: float, nbytes: float, copy_gbs: float) -> dict:
             "share_peak_tflops": flops / s / 1e12 / PEAK_TFLOPS, "share_copy_bw": nbytes / s / 1e9 / copy_gbs}
 
 
-def _guard(fn):
-    """Run a measurement; a failure becomes a record entry instead of ending the run."""
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001 - recorded, not hidden
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
-def copy_bandwidth_gbs() -> float:
-    x = torch.empty(1 << 28, dtype=torch.uint8, device=DEVICE)  # 256 MiB, far beyond L2
-    y = torch.empty_like(x)
-    ms = do_bench(lambda: y.copy_(x), rep=200, return_mode="median")
-    return 2 * x.numel() / (ms * 1e-3) / 1e9
-
-
 def bench_prefill(copy_gbs: float, sweep: bool) -> dict:
     t = get("flash_attention")
     p = {"B": 1, "Hq": 32, "Hkv": 8, "T": 2048, "S": 2048, "D": 128, "dtype": "bfloat16", "causal": True,
@@ -100,7 +87,7 @@ def bench_prefill(copy_gbs: float, sweep: bool) -> dict:
                                 flops, nbytes, copy_gbs)}
 
     rec = {"problem": p, "flops": flops, "min_bytes": nbytes}
-    rec["ds4c_default"] = _guard(lambda: run_config(t.default(p, gpu)))
+    rec["ds4c_default"] = guarded(lambda: run_config(t.default(p, gpu)))
 
     def sdpa(backend=None):
         def fn():
@@ -116,11 +103,11 @@ def bench_prefill(copy_gbs: float, sweep: bool) -> dict:
         return {"rel_error": err, **_rates(t_, flops, nbytes, copy_gbs)}
 
     from torch.nn.attention import SDPBackend
-    rec["sdpa_default"] = _guard(sdpa)
-    rec["sdpa_cudnn"] = _guard(lambda: sdpa(SDPBackend.CUDNN_ATTENTION))
-    rec["sdpa_flash"] = _guard(lambda: sdpa(SDPBackend.FLASH_ATTENTION))
+    rec["sdpa_default"] = guarded(sdpa)
+    rec["sdpa_cudnn"] = guarded(lambda: sdpa(SDPBackend.CUDNN_ATTENTION))
+    rec["sdpa_flash"] = guarded(lambda: sdpa(SDPBackend.FLASH_ATTENTION))
     if sweep:
-        rec["sweep"] = [_guard(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
+        rec["sweep"] = [guarded(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
     return rec
 
 
@@ -151,8 +138,8 @@ def bench_decode(kv_len: int, copy_gbs: float, sweep: bool) -> dict:
 
     rec = {"problem": p, "kv_len": kv_len, "flops": flops, "min_bytes": nbytes}
     cfg = t.default(p, gpu)
-    rec["ds4c_default"] = _guard(lambda: run_config(cfg))
-    rec["ds4c_default_graph"] = _guard(lambda: run_config(cfg, graph=True))
+    rec["ds4c_default"] = guarded(lambda: run_config(cfg))
+    rec["ds4c_default_graph"] = guarded(lambda: run_config(cfg, graph=True))
 
     # SDPA on the live prefix (length known on the host) and on the whole cache with a mask (graph-friendly)
     kz, vz = k.nan_to_num(0.0), v.nan_to_num(0.0)
@@ -166,12 +153,12 @@ def bench_decode(kv_len: int, copy_gbs: float, sweep: bool) -> dict:
         return F.scaled_dot_product_attention(q, kz, vz, attn_mask=mask, scale=p["scale"], enable_gqa=True)
 
     for name, fn in (("sdpa_sliced", sliced), ("sdpa_masked_cache", masked)):
-        rec[name] = _guard(lambda fn=fn: {"rel_error": rel_error(fn(), ref),
+        rec[name] = guarded(lambda fn=fn: {"rel_error": rel_error(fn(), ref),
                                           **_rates(_time(fn), flops, nbytes, copy_gbs)})
-        rec[name + "_graph"] = _guard(lambda fn=fn: _rates(_time(fn, graph=True), flops, nbytes, copy_gbs))
-    rec["graph_reads_kv_len_on_device"] = _guard(lambda: graph_kv_len_check(mod, p, cfg, outs[0], ins))
+        rec[name + "_graph"] = guarded(lambda fn=fn: _rates(_time(fn, graph=True), flops, nbytes, copy_gbs))
+    rec["graph_reads_kv_len_on_device"] = guarded(lambda: graph_kv_len_check(mod, p, cfg, outs[0], ins))
     if sweep:
-        rec["sweep"] = [_guard(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
+        rec["sweep"] = [guarded(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
     return rec
 
 
@@ -200,7 +187,7 @@ def main() -> None:
         sys.exit("bench_attention needs a CUDA GPU")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     gpu = current_gpu()
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = measure_copy_gb_s(torch.device("cuda"))
     record = {
         "bench": "attention", "time_utc": stamp, "commit": commit,
         "gpu": {"name": gpu.name, "capability": list(gpu.capability), "sm_count": gpu.sm_count},

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from ds4c.benchmark.measure import guarded
+from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import dtype_of
@@ -91,21 +93,6 @@ def _time(fn, nbytes: float, copy_gbs: float) -> dict:
     return out
 
 
-def _guard(fn):
-    """Run a measurement; a failure becomes a record entry instead of ending the run."""
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001 - recorded, not hidden
-        return {"error": f"{type(e).__name__}: {e}"}
-
-
-def copy_bandwidth_gbs() -> float:
-    x = torch.empty(1 << 28, dtype=torch.uint8, device=DEVICE)  # 256 MiB, far beyond L2
-    y = torch.empty_like(x)
-    ms = do_bench(lambda: y.copy_(x), rep=200, return_mode="median")
-    return 2 * x.numel() / (ms * 1e-3) / 1e9
-
-
 def bench_case(name, tname, p, eager, copy_gbs: float, sweep: bool) -> dict:
     t = get(tname)
     gpu = current_gpu()
@@ -133,13 +120,13 @@ def bench_case(name, tname, p, eager, copy_gbs: float, sweep: bool) -> dict:
         return {"rel_error": max(errs), **_time(lambda: fn(*ins), nbytes, copy_gbs)}
 
     rec = {"problem": p, "flops": flops, "min_bytes": nbytes, "config_default": t.default(p, gpu)}
-    rec["ds4c_default"] = _guard(lambda: run_config(t.default(p, gpu)))
-    rec["eager"] = _guard(lambda: run_eager(eager))
+    rec["ds4c_default"] = guarded(lambda: run_config(t.default(p, gpu)))
+    rec["eager"] = guarded(lambda: run_eager(eager))
     if tname in EXTRA_EAGER:
         label, fn = EXTRA_EAGER[tname]
-        rec[label] = _guard(lambda: run_eager(fn))
+        rec[label] = guarded(lambda: run_eager(fn))
     if sweep:
-        rec["sweep"] = [_guard(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
+        rec["sweep"] = [guarded(lambda c=c: run_config(c)) for c in t.space.grid() if t.valid(c, p, gpu)]
     return rec
 
 
@@ -159,13 +146,13 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_rowwise needs a CUDA GPU")
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = measure_copy_gb_s(torch.device("cuda"))
     only = {s for s in args.only.split(",") if s}
     record = {
         "kind": "rowwise_kernels", "date": stamp, "commit": _commit(), "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
         "command": " ".join(sys.argv), "ceilings": {"copy_gb_s": copy_gbs},
-        "cases": {name: _guard(lambda n=name, tn=tn, p=p, e=e: bench_case(n, tn, p, e, copy_gbs, args.sweep))
+        "cases": {name: guarded(lambda n=name, tn=tn, p=p, e=e: bench_case(n, tn, p, e, copy_gbs, args.sweep))
                   for name, tn, p, e in CASES if not only or name in only},
     }
     out = Path(args.out)

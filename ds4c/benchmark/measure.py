@@ -197,3 +197,11 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def guarded(fn):
+    """Run a measurement; a failure becomes a record entry ({"error": ...}) instead of ending the run."""
+    try:
+        return fn()
+    except Exception as e:  # recorded, not hidden
+        return {"error": f"{type(e).__name__}: {e}"}
