@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ds4c.passes.attention import fuse_attention
+from ds4c.passes.attention import fuse_attention, fuse_decomposed_attention
 from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
 from ds4c.passes.cse import eliminate_common_subexpressions
 from ds4c.passes.matmul import (
@@ -35,6 +35,7 @@ def default_passes(precision: str = "bf16") -> list:
         eliminate_common_subexpressions,
         fuse_rmsnorm,  # before lower_linear: folding into matmul prologues needs the norms found
         fuse_attention,
+        fuse_decomposed_attention,  # before fuse_softmax, which would take the softmax alone
         fuse_rope,
         lower_linear,
         fuse_swiglu,  # before merging siblings: gate/up become one dual matmul instead

@@ -6,13 +6,14 @@ reinplace_state_writes."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import see_through_views, target_of
+from .match import see_through_views, sole_user, target_of
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -110,4 +111,102 @@ def fuse_attention(g: Graph) -> Graph:
         else:
             set_op(g, name, new)
         bump(g, "fuse_attention." + new.template)
+    return eliminate_dead_code(g)
+
+
+@dataclass(frozen=True)
+class DecomposedMatch:
+    q: Ref
+    k: Ref
+    v: Ref
+    scale: float
+    causal: bool
+
+
+def _through_batch_view(g: Graph, ref, rank4: bool = True):
+    """The [B,H,X,Y] tensor that view(x, [B*H, X, Y]) flattens (aot_autograd's spelling of a 4-D @)."""
+    if target_of(g, ref) not in ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default"):
+        return None
+    src = op_of(g, ref.node).args[0]
+    st = op_of(g, src.node).outputs[src.index]
+    return src if st is not None and len(st.shape) == 4 else None
+
+
+def _scalar(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def check_causal_mask(g: Graph, mask, t: int, s: int) -> bool:
+    """mask == ~tril(ones(T, S)): the positions a causal softmax must not see (T == S)."""
+    if t != s or target_of(g, mask) != "aten.bitwise_not.default":
+        return False
+    tri = op_of(g, mask.node).args[0]
+    if target_of(g, tri) != "aten.tril.default" or len(op_of(g, tri.node).args) > 1:
+        return False
+    ones = op_of(g, tri.node).args[0]
+    return target_of(g, ones) == "aten.ones.default" and tuple(op_of(g, ones.node).args[0]) == (t, s)
+
+
+def match_decomposed_attention(g: Graph, out: str) -> DecomposedMatch | None:
+    """view(bmm(view(softmax(scale * view(bmm(view(q), view(k.T))) [masked causal])), view(v)))."""
+    pv = op_of(g, out).args[0] if target_of(g, Ref(out)) in ("aten.view.default", "aten._unsafe_view.default") \
+        else None
+    if pv is None or target_of(g, pv) != "aten.bmm.default" or sole_user(g, pv.node) != out:
+        return None
+    p_flat, v_flat = op_of(g, pv.node).args[:2]
+    p4, v = _through_batch_view(g, p_flat), _through_batch_view(g, v_flat)
+    if p4 is None or v is None or target_of(g, p4) != "aten._softmax.default":
+        return None
+    sm = op_of(g, p4.node)
+    x = sm.args[0]
+    if sm.args[1] not in (-1, 3) or sm.args[2]:
+        return None
+    causal = False
+    if target_of(g, x) == "aten.masked_fill.Scalar":
+        mf = op_of(g, x.node)
+        t, s = mf.outputs[0].shape[2:]
+        if not (check_causal_mask(g, mf.args[1], t, s) and mf.args[2] == float("-inf")):
+            return None
+        causal, x = True, mf.args[0]
+    scale = 1.0
+    if target_of(g, x) in ("aten.mul.Tensor", "aten.div.Tensor") and _scalar(op_of(g, x.node).args[1]):
+        f = _scalar(op_of(g, x.node).args[1])
+        scale = f if target_of(g, x) == "aten.mul.Tensor" else 1.0 / f
+        x = op_of(g, x.node).args[0]
+    if target_of(g, x) not in ("aten.view.default", "aten._unsafe_view.default"):
+        return None
+    qk = op_of(g, x.node).args[0]
+    if target_of(g, qk) != "aten.bmm.default":
+        return None
+    q, kt = (_through_batch_view(g, a) for a in op_of(g, qk.node).args[:2])
+    if q is None or kt is None or target_of(g, kt) != "aten.transpose.int":
+        return None
+    ta = op_of(g, kt.node).args
+    if sorted(d % 4 for d in ta[1:3]) != [2, 3]:
+        return None
+    k = ta[0]
+    qt, kt_, vt = (op_of(g, r.node).outputs[r.index] for r in (q, k, v))
+    if qt.shape[:2] != kt_.shape[:2] or not check_attention_shapes(qt, kt_, vt):
+        return None
+    return DecomposedMatch(q, k, v, scale, causal)
+
+
+def fuse_decomposed_attention(g: Graph) -> Graph:
+    """softmax(scale * q @ k.T [causal mask]) @ v spelled as bmm/softmax/bmm -> flash_attention; runs after
+    clean-up (same-shape expands gone). The intermediate scores never reach HBM."""
+    g = copy_graph(g)
+    for name in ordered(g):
+        if name not in g:
+            continue
+        m = match_decomposed_attention(g, name)
+        if m is None:
+            continue
+        qt, kt = (op_of(g, r.node).outputs[r.index] for r in (m.q, m.k))
+        b, h, t, d = qt.shape
+        problem = {"B": b, "Hq": h, "Hkv": kt.shape[1], "T": t, "S": kt.shape[2], "D": d,
+                   "dtype": str(qt.dtype).removeprefix("torch."), "causal": m.causal, "scale": m.scale}
+        set_op(g, name, Op("kernel:flash_attention", args=(m.q, m.k, m.v), outputs=op_of(g, name).outputs,
+                           problem=problem, fused=("bmm", "mul", "masked_fill", "_softmax", "bmm"),
+                           group="attention"))
+        bump(g, "fuse_decomposed_attention")
     return eliminate_dead_code(g)
