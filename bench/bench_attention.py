@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from ds4c.benchmark.measure import guarded
+from ds4c.benchmark.measure import graph_replay, guarded
 from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
@@ -42,21 +42,9 @@ def _time(fn, graph: bool = False) -> dict:
     """Median and quantiles over calls with L2 flushed before each (do_bench). graph=True captures fn in a
     CUDA graph first and times its replay: no Python launch cost, which otherwise hides a few-us kernel."""
     if graph:
-        fn = _captured(fn)
+        fn = graph_replay(fn)
     med, q20, q80 = do_bench(fn, warmup=25, rep=200, quantiles=QUANTILES)
     return {"median_ms": med, "p20_ms": q20, "p80_ms": q80, "cuda_graph": graph}
-
-
-def _captured(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def _rates(t: dict, flops: float, nbytes: float, copy_gbs: float) -> dict:
@@ -167,7 +155,7 @@ def graph_kv_len_check(mod, p, cfg, o, ins) -> dict:
     t = get("decode_attention")
     q, k, v, n = ins
     kz, vz = k.nan_to_num(0.0), v.nan_to_num(0.0)  # the whole cache live, so any kv_len is valid
-    replay = _captured(lambda: mod.launch(o, q, kz, vz, n, scale=p["scale"], **cfg))
+    replay = graph_replay(lambda: mod.launch(o, q, kz, vz, n, scale=p["scale"], **cfg))
     errors = {}
     for length in (1, 777, 2048, 4096):
         n.fill_(length)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from ds4c.benchmark.measure import guarded
+from ds4c.benchmark.measure import graph_replay, guarded
 from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
@@ -72,21 +72,9 @@ CASES = [
 EXTRA_EAGER = {"rmsnorm": ("F.rms_norm", lambda x, w, r: F.rms_norm(x + r, (x.shape[-1],), w, 1e-5))}
 
 
-def _captured(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
-
-
 def _time(fn, nbytes: float, copy_gbs: float) -> dict:
     out = {}
-    for mode, f in (("plain", fn), ("graph", _captured(fn))):
+    for mode, f in (("plain", fn), ("graph", graph_replay(fn))):
         med, q20, q80 = do_bench(f, warmup=25, rep=200, quantiles=QUANTILES)
         out[mode] = {"median_ms": med, "p20_ms": q20, "p80_ms": q80, "gbs": nbytes / (med * 1e-3) / 1e9,
                      "share_copy_bw": nbytes / (med * 1e-3) / 1e9 / copy_gbs}

@@ -13,7 +13,7 @@ import torch
 from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import see_through_views, sole_user, target_of
+from .match import scalar, see_through_views, sole_user, target_of
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -132,10 +132,6 @@ def _through_batch_view(g: Graph, ref, rank4: bool = True):
     return src if st is not None and len(st.shape) == 4 else None
 
 
-def _scalar(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def check_causal_mask(g: Graph, mask, t: int, s: int) -> bool:
     """mask == ~tril(ones(T, S)): the positions a causal softmax must not see (T == S)."""
     if t != s or target_of(g, mask) != "aten.bitwise_not.default":
@@ -169,8 +165,8 @@ def match_decomposed_attention(g: Graph, out: str) -> DecomposedMatch | None:
             return None
         causal, x = True, mf.args[0]
     scale = 1.0
-    if target_of(g, x) in ("aten.mul.Tensor", "aten.div.Tensor") and _scalar(op_of(g, x.node).args[1]):
-        f = _scalar(op_of(g, x.node).args[1])
+    if target_of(g, x) in ("aten.mul.Tensor", "aten.div.Tensor") and scalar(op_of(g, x.node).args[1]):
+        f = scalar(op_of(g, x.node).args[1])
         scale = f if target_of(g, x) == "aten.mul.Tensor" else 1.0 / f
         x = op_of(g, x.node).args[0]
     if target_of(g, x) not in ("aten.view.default", "aten._unsafe_view.default"):

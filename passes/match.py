@@ -69,3 +69,8 @@ def prod(xs) -> int:
     for x in xs:
         n *= x
     return n
+
+
+def scalar(v) -> float | None:
+    """v as a float when it is a Python number (not a bool, not a tensor), else None."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

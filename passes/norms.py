@@ -10,7 +10,7 @@ import torch
 from ds4c.ir import Graph, Op, Ref, bump, op_of, ordered, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import sole_user, target_of
+from .match import scalar, sole_user, target_of
 
 CASTS = ("aten._to_copy.default", "aten.to.dtype")
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
@@ -30,10 +30,6 @@ def _other(args, one):
     return b if a == one else a if b == one else None
 
 
-def _scalar(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def match_rmsnorm(g: Graph, mean: str) -> RMSNormMatch | None:
     """mean(pow(h, 2), [-1], keepdim) + eps -> rsqrt -> h * r [-> cast] [-> * w], h = x or cast(x)."""
     m = op_of(g, mean)
@@ -49,7 +45,7 @@ def match_rmsnorm(g: Graph, mean: str) -> RMSNormMatch | None:
     add = sole_user(g, mean)
     if add is None or op_of(g, add).target != "aten.add.Tensor":
         return None
-    eps = _scalar(_other(op_of(g, add).args, Ref(mean)))
+    eps = scalar(_other(op_of(g, add).args, Ref(mean)))
     rs = sole_user(g, add)
     if eps is None or rs is None or op_of(g, rs).target != "aten.rsqrt.default":
         return None
