@@ -12,7 +12,7 @@ It reports per shape the exhaustive trials, best time and wall time, the default
 seeds of the number of measured trials Optuna needed to get within 3% of the exhaustive best.
 
     python bench/tuning_efficiency.py --out bench/results/tuning-efficiency-h200.json [--seeds 5]
-        [--live-trials 64] [--only gemv] [--limit 0]
+        [--live-trials 64] [--only gemv] [--limit 0] [--sample 400 --sample-templates matmul]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import dataclasses
 import datetime
 import json
 import math
+import os
+import random
 import statistics
 import subprocess
 import tempfile
@@ -67,7 +69,7 @@ SHAPES = [
 def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent, check=False)
-    return out.stdout.strip() or "unknown"
+    return out.stdout.strip() or os.environ.get("DS4C_COMMIT", "unknown")
 
 
 def exhaustive(template, problem, gpu, configs, pool) -> tuple[dict, float]:
@@ -102,6 +104,9 @@ def run_shape(name, tname, problem, gpu, args, pool) -> dict:
     configs = valid_configs(template, problem, gpu)
     if args.limit:
         configs = configs[: args.limit]
+    sampled = bool(args.sample) and len(configs) > args.sample and tname in args.sample_templates.split(",")
+    if sampled:  # a seeded random subset, the same for the exhaustive pass and every Optuna replay
+        configs = random.Random(0).sample(configs, args.sample)
     table, wall = exhaustive(template, problem, gpu, configs, pool)
     ok = {k: m.us for k, m in table.items() if m.ok}
     best_key = min(ok, key=ok.get) if ok else None
@@ -128,6 +133,9 @@ def run_shape(name, tname, problem, gpu, args, pool) -> dict:
     reached = [n for n in per_seed if n is not None]
     return {
         "name": name, "template": tname, "problem": problem, "space_size": template.space.size(),
+        "valid_configs": len(valid_configs(template, problem, gpu)),
+        "exhaustive_over": (f"a seeded random sample of {len(configs)} valid configs" if sampled
+                            else "every valid config"),
         "exhaustive_trials": len(configs), "exhaustive_failed": len(configs) - len(ok),
         "exhaustive_best_us": best, "exhaustive_best_config": json.loads(best_key) if best_key else None,
         "exhaustive_wall_s": wall, "default_config": default, "default_us": dm.us if dm.ok else None,
@@ -147,12 +155,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sampler", default="tpe")
     ap.add_argument("--live-trials", type=int, default=64)
-    ap.add_argument("--only", default="", help="run only shapes whose name or template contains this")
+    ap.add_argument("--only", default="",
+                    help="run only shapes whose name contains, or template is, one of these (comma-separated)")
     ap.add_argument("--limit", type=int, default=0, help="time only the first N valid configs (smoke runs)")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="time a seeded random sample of N valid configs where a space holds more")
+    ap.add_argument("--sample-templates", default="matmul", help="templates --sample applies to")
     ap.add_argument("--compile-workers", type=int, default=8)
     args = ap.parse_args()
     gpu = current_gpu()
-    shapes = [s for s in SHAPES if args.only in s[0] or args.only == s[1]]
+    only = args.only.split(",")
+    shapes = [s for s in SHAPES if any(o in s[0] or o == s[1] for o in only)]
     record = {"kind": "tuning-efficiency", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "commit": _commit(), "gpu": gpu.name, "torch": torch.__version__, "triton": triton.__version__,
               "shapes": []}

@@ -58,9 +58,10 @@ class CompiledLLM:
     compile_s: float
     runner: LLMRunner | None = None
 
-    def bind(self, weights: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True) -> LLMRunner:
+    def bind(self, weights: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True,
+             state: dict[str, torch.Tensor] | None = None) -> LLMRunner:
         kernels = load_kernels(self.plan, sources=self.sources)
-        self.runner = LLMRunner(self.plan, kernels, weights, self.saved_state, device, cuda_graph)
+        self.runner = LLMRunner(self.plan, kernels, weights, self.saved_state, device, cuda_graph, state)
         return self.runner
 
     def prefill(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -132,14 +133,20 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
 
 
 def _bind(compiled: CompiledLLM, model: Llama, bind: bool, cuda_graph: bool) -> CompiledLLM:
-    if bind:
-        weights = {k: v for k, v in model.state_dict().items() if k in _param_names(model)}
-        compiled.bind(weights, model.rope_cos.device, cuda_graph)
+    """Run on the model's own tensors: its parameters, and its KV cache as the plan's state. Parameters the
+    plan concatenates (QKV) become views into the concatenation, in the model too, so the weights are held
+    once; their values do not change."""
+    if not bind:
+        return compiled
+    params = dict(model.named_parameters())
+    weights = {k: p.detach() for k, p in params.items()}
+    state = {f"buffer:{k}": b for k, b in model.named_buffers()}
+    runner = compiled.bind(weights, model.rope_cos.device, cuda_graph, state)
+    with torch.no_grad():
+        for k, t in runner.weights.items():
+            if t.data_ptr() != params[k].data_ptr():
+                params[k].data = t
     return compiled
-
-
-def _param_names(model: Llama) -> set[str]:
-    return {n for n, _ in model.named_parameters()}
 
 
 def kernel_problems(model: Llama, prefill_len: int, precision: str = "bf16") -> list[tuple[str, dict]]:

@@ -6,11 +6,13 @@ validity predicates and the defaults differ between them.
 Problem (JSON-able; every key present):
     {"M", "N", "K": int, "dtype": "float32"|"float16"|"bfloat16" (x and out),
      "w_dtype": "same"|"int8"|"float8_e4m3fn" (int8/fp8 come with a float32 scale [N] per weight),
-     "rms_eps": None | float (rows of x scaled by rsqrt(mean(x^2) + eps); the norm weight is in W),
+     "rms_eps": None | float (RMSNorm prologue: x becomes x * rsqrt(mean(x^2) + eps) * norm_w, with the
+                 norm weight norm_w [K] an input right after x),
      "dual": bool (a second weight W2 -> acc2), "bias": bool, "n_extra": int (e0, e1, ... [M,N]),
      "epilogue": expression over acc, acc2, bias, e0, ...}
-Math in fp32: acc = (x @ (W * w_scale[:, None]).T) * rowscale[:, None]; out = epilogue(...) in dtype.
-launch(out, x, w, [w_scale], [w2, [w2_scale]], [bias], e0, ..., eps=..., **config).
+Math in fp32: acc = ((x * norm_w) @ (W * w_scale[:, None]).T) * rowscale[:, None]; out = epilogue(...) in
+dtype. The row scale factors out of the dot, so a kernel gathers sum(x^2) beside the product and scales once.
+launch(out, x, [norm_w], w, [w_scale], [w2, [w2_scale]], [bias], e0, ..., eps=..., **config).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def holes(p: Problem) -> dict:
 
 def arg_names(p: Problem) -> list[str]:
     """Names of the inputs launch takes after `out`, in order."""
-    names = ["x", "w"] + (["w_scale"] if p["w_dtype"] != "same" else [])
+    names = ["x"] + (["norm_w"] if p["rms_eps"] is not None else []) + ["w"]
+    names += ["w_scale"] if p["w_dtype"] != "same" else []
     if p["dual"]:
         names += ["w2"] + (["w2_scale"] if p["w_dtype"] != "same" else [])
     return names + (["bias"] if p["bias"] else []) + [f"e{i}" for i in range(p["n_extra"])]
@@ -106,11 +109,14 @@ def _weight(p: Problem, device, gen: torch.Generator) -> list[torch.Tensor]:
 
 
 def make_inputs(p: Problem, device, gen: torch.Generator) -> tuple[list, list]:
-    """([out poisoned with NaN], [x, w, (w_scale), (w2, (w2_scale)), (bias), e0, ...]), fresh random."""
+    """([out poisoned with NaN], [x, (norm_w), w, (w_scale), (w2, (w2_scale)), (bias), e0, ...]), random."""
     check_problem(p)
     M, N, K = p["M"], p["N"], p["K"]
     act = dtype_of(p["dtype"])
-    ins = [randn((M, K), act, device, gen)] + _weight(p, device, gen)
+    ins = [randn((M, K), act, device, gen)]
+    if p["rms_eps"] is not None:  # a norm weight around 1, as trained ones are
+        ins.append((1.0 + 0.25 * torch.randn(K, generator=gen)).to(act).to(device))
+    ins += _weight(p, device, gen)
     if p["dual"]:
         ins += _weight(p, device, gen)
     if p["bias"]:
@@ -132,6 +138,7 @@ def reference(p: Problem, ins: list) -> list:
     rowscale = torch.ones(p["M"], 1)
     if p["rms_eps"] is not None:
         rowscale = torch.rsqrt(x.square().mean(dim=1, keepdim=True) + p["rms_eps"])
+        x = x * args["norm_w"].detach().cpu().to(torch.float32)[None, :]
     env = {"acc": (x @ _dequant(args["w"], args.get("w_scale")).T) * rowscale}
     if p["dual"]:
         env["acc2"] = (x @ _dequant(args["w2"], args.get("w2_scale")).T) * rowscale
@@ -157,6 +164,7 @@ def cost(p: Problem) -> tuple[float, float]:
     wb = act if p["w_dtype"] == "same" else 1
     flops = 2.0 * M * N * K * n_w + M * N * _count_ops(epilogue_of(p))
     nbytes = M * K * act + n_w * N * K * wb + (n_w * N * 4 if p["w_dtype"] != "same" else 0)
+    nbytes += K * act if p["rms_eps"] is not None else 0
     nbytes += (N * act if p["bias"] else 0) + p["n_extra"] * M * N * act + M * N * act
     return float(flops), float(nbytes)
 

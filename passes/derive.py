@@ -1,8 +1,8 @@
-"""Weights derived from parameters at load time (concatenated, norm-scaled, quantized).
+"""Weights derived from parameters at load time (concatenated, quantized).
 
 A pass that needs such a weight calls `derived_input`: it records the recipe in graph["derived"] (data the
 runtime replays when it loads the weights) and returns the Ref of a new graph input with role
-"derived:<name>". Recipes: ("cat", [names], {}) along dim 0; ("scale_cols", [w, g], {}) = w * g[None, :];
+"derived:<name>". Recipes: ("cat", [names], {}) along dim 0;
 ("quant", [w], {"dtype": "int8"|"float8_e4m3fn", "part": "values"|"scale"}) per-output-channel absmax.
 """
 

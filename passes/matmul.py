@@ -2,7 +2,8 @@
 dual kernel, sibling projections of one input into one wide kernel, pointwise consumers into the epilogue,
 a preceding RMSNorm into the prologue.
 
-A matmul node's args follow the template's launch order: x, w, [w_scale], [w2, [w2_scale]], [bias], e0..
+A matmul node's args follow the template's launch order: x, [norm_w], w, [w_scale], [w2, [w2_scale]], [bias],
+e0, ...
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MM = ("kernel:matmul", "kernel:gemv")
 @dataclass(frozen=True)
 class MMParts:
     x: Ref
+    norm_w: Ref | None
     w: Ref
     w_scale: Ref | None
     w2: Ref | None
@@ -37,16 +39,19 @@ def parts(op: Op) -> MMParts:
     """Split a matmul node's args by its problem's holes."""
     p, a = op.problem, list(op.args)
     quant = p["w_dtype"] != "same"
-    x, w = a.pop(0), a.pop(0)
+    x = a.pop(0)
+    g = a.pop(0) if p["rms_eps"] is not None else None
+    w = a.pop(0)
     ws = a.pop(0) if quant else None
     w2 = a.pop(0) if p["dual"] else None
     w2s = a.pop(0) if p["dual"] and quant else None
     b = a.pop(0) if p["bias"] else None
-    return MMParts(x, w, ws, w2, w2s, b, tuple(a))
+    return MMParts(x, g, w, ws, w2, w2s, b, tuple(a))
 
 
 def args_of(m: MMParts) -> tuple:
-    return tuple(v for v in (m.x, m.w, m.w_scale, m.w2, m.w2_scale, m.bias) if v is not None) + m.extras
+    return tuple(v for v in (m.x, m.norm_w, m.w, m.w_scale, m.w2, m.w2_scale, m.bias) if v is not None) \
+        + m.extras
 
 
 def _dtype_name(d: torch.dtype) -> str:
@@ -255,8 +260,8 @@ def _substitute(e, sub: dict):
 
 
 def check_foldable_norm(g: Graph, norm: str) -> list[str] | None:
-    """The matmuls an RMSNorm may fold into: every reader is a matmul taking it as x, with weights used by
-    no one else (the scaled copy replaces them), and no prologue yet."""
+    """The matmuls an RMSNorm may fold into: every reader is a decode-sized matmul taking it as x (once),
+    with no prologue yet and full-precision weights."""
     nop = op_of(g, norm)
     if nop.problem["residual"] or not is_weight(g, nop.args[1]):
         return None
@@ -270,9 +275,6 @@ def check_foldable_norm(g: Graph, norm: str) -> list[str] | None:
         mp = parts(rop)
         if mp.x != Ref(norm) or args_of(mp).count(Ref(norm)) != 1:
             return None
-        for w in (mp.w, mp.w2):
-            if w is not None and (not is_weight(g, w) or len(users(g, w.node)) != 1):
-                return None
         if rop.problem["dtype"] != nop.problem["dtype"]:
             return None
         if rop.problem["M"] > FOLD_MAX_ROWS:
@@ -281,8 +283,8 @@ def check_foldable_norm(g: Graph, norm: str) -> list[str] | None:
 
 
 def fold_rmsnorm_into_matmul(g: Graph) -> Graph:
-    """rmsnorm(x, gamma) read only by matmuls -> each matmul scales rows by rsqrt(mean(x^2)+eps) in its
-    prologue over W * gamma (the row scale factors out of the dot). Needs fuse_rmsnorm, merges, swiglu."""
+    """rmsnorm(x, gamma) read only by matmuls -> each matmul reads x and gamma and normalises in its
+    prologue (the row scale factors out of the dot). Needs fuse_rmsnorm, merges, swiglu."""
     g = copy_graph(g)
     for name in ordered(g):
         if name not in g or op_of(g, name).target != "kernel:rmsnorm":
@@ -295,12 +297,8 @@ def fold_rmsnorm_into_matmul(g: Graph) -> Graph:
         for r in readers:
             rop = op_of(g, r)
             mp = parts(rop)
-            w = derived_input(g, "scale_cols", [mp.w, gamma], weight_type(g, mp.w).shape,
-                              weight_type(g, mp.w).dtype)
-            w2 = None if mp.w2 is None else derived_input(
-                g, "scale_cols", [mp.w2, gamma], weight_type(g, mp.w2).shape, weight_type(g, mp.w2).dtype)
             problem = dict(rop.problem, rms_eps=nop.problem["eps"])
-            set_op(g, r, replace(rop, args=args_of(replace(mp, x=x, w=w, w2=w2)), problem=problem,
+            set_op(g, r, replace(rop, args=args_of(replace(mp, x=x, norm_w=gamma)), problem=problem,
                                  fused=nop.fused + rop.fused, group=f"rmsnorm+{rop.group}"))
         bump(g, "fold_rmsnorm_into_matmul")
     return eliminate_dead_code(g)

@@ -12,15 +12,23 @@ import torch
 from .executor import Executable
 from .loader import load_file, load_source
 from .plan import Plan, PlanError
-from .weights import derive
+from .weights import concat_views, derive
 
 
-def state_tensors(plan: Plan, saved: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The plan's state: zero-initialised buffers (KV caches) and saved constants (rope tables)."""
+def state_tensors(plan: Plan, saved: dict[str, torch.Tensor], device: torch.device,
+                  bind: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The plan's state: zero-initialised buffers (KV caches) and saved constants (rope tables). A zeros
+    buffer found in bind (a module's own KV cache, by role) is used in place, as torch.compile would."""
     out = {}
     for name, spec in plan.state.items():
         dtype = getattr(torch, spec["dtype"])
-        if spec["init"] == "zeros":
+        t = (bind or {}).get(name)
+        if spec["init"] == "zeros" and t is not None:
+            if list(t.shape) != spec["shape"] or t.dtype != dtype or t.device != device or not t.is_contiguous():
+                raise PlanError(f"state {name}: the plan wants {spec['shape']} {spec['dtype']} on {device}, "
+                                f"got {list(t.shape)} {t.dtype} on {t.device}")
+            out[name] = t.zero_()
+        elif spec["init"] == "zeros":
             out[name] = torch.zeros(spec["shape"], dtype=dtype, device=device)
         elif name in saved:
             out[name] = saved[name].to(device=device, dtype=dtype)
@@ -42,11 +50,17 @@ class LLMRunner:
     """prefill(tokens [1,T], last [1]) and decode(token [1,1], pos [1]) -> logits [1, vocab]."""
 
     def __init__(self, plan: Plan, kernels: dict[str, ModuleType], weights: dict[str, torch.Tensor],
-                 saved_state: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True):
+                 saved_state: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True,
+                 state: dict[str, torch.Tensor] | None = None):
+        """weights: by parameter name. Those that are parts of a derived concatenation are replaced by
+        views into it (self.weights says which tensors the runner uses), so no bytes are held twice.
+        state: existing buffers (by role, "buffer:<name>") to use as the plan's zero-initialised state."""
         self.plan, self.device = plan, device
-        values = {f"param:{k}": v for k, v in weights.items()}
-        values.update({f"derived:{k}": v for k, v in derive(plan.derived, weights).items()})
-        self.state = state_tensors(plan, saved_state, device)
+        derived = derive(plan.derived, weights)
+        self.weights = {**weights, **concat_views(plan.derived, weights, derived)}
+        values = {f"param:{k}": v for k, v in self.weights.items()}
+        values.update({f"derived:{k}": v for k, v in derived.items()})
+        self.state = state_tensors(plan, saved_state, device, state)
         values.update(self.state)
         self.prefill_len = int(plan.meta["prefill_len"])
         self._prefill = Executable(plan.graphs["prefill"], kernels, plan.kernels, values, device)

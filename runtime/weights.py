@@ -1,6 +1,6 @@
 """Weights the plan derives from the checkpoint at load time, by recipe (passes/derive.py writes them):
-concatenation of projections, RMSNorm weights folded into the next matmul's columns, and weight-only
-quantization with per-output-channel scales. Recipes are data; this file is the only code that runs them.
+concatenation of projections and weight-only quantization with per-output-channel scales. Recipes are data;
+this file is the only code that runs them.
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ def quantize(w: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _run(op: str, xs: list[torch.Tensor], params: dict) -> torch.Tensor:
     if op == "cat":
         return torch.cat(xs, dim=0)
-    if op == "scale_cols":
-        w, g = xs
-        return (w.float() * g.float()[None, :]).to(w.dtype)
     if op == "quant":
         values, scale = quantize(xs[0], params["dtype"])
         return values if params["part"] == "values" else scale
@@ -68,3 +65,30 @@ def derive(recipes: dict, base: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     for name in recipes:
         get(name)
     return done
+
+
+def concat_views(recipes: dict, base: dict[str, torch.Tensor],
+                 done: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Base weights that can live inside a concatenation: {name: view of the derived tensor}.
+
+    A weight that is one part of exactly one "cat" recipe is the same numbers as a slice of it; handing
+    out the slice instead (and dropping the weight) keeps one copy of those bytes instead of two.
+    """
+    owners: dict[str, int] = {}
+    for r in recipes.values():
+        for n in r["of"]:
+            owners[n] = owners.get(n, 0) + 1
+    views = {}
+    for name, r in recipes.items():
+        if r["op"] != "cat" or name not in done:
+            continue
+        cat, start = done[name], 0
+        for n in r["of"]:
+            t = base.get(n)
+            if t is None:
+                break
+            rows = t.shape[0]
+            if owners[n] == 1 and t.dtype == cat.dtype and t.shape[1:] == cat.shape[1:]:
+                views[n] = cat[start:start + rows]
+            start += rows
+    return views

@@ -20,6 +20,7 @@ from ds4c.device import GpuInfo, default_device
 from ds4c.kernel_templates.base import Config, Problem, Template
 from ds4c.precision import TOLERANCE, rel_error
 from ds4c.runtime.loader import load_source
+from ds4c.tuning_db.key import canonical_json
 
 INTERPRETER_REPS = 3  # wall-clock runs under the interpreter (its timings say nothing about a GPU)
 MAX_INPUT_SETS = 32  # rotating input sets on the GPU, so a small problem is not timed from a warm L2
@@ -71,18 +72,45 @@ def _input_bytes(outs: list, ins: list) -> int:
     return sum(t.numel() * t.element_size() for t in [*outs, *ins] if isinstance(t, torch.Tensor))
 
 
+class _Inputs:
+    """The random inputs, references and rotating timing sets of the last problem measured.
+
+    Every candidate of one problem is checked and timed on the same inputs, so they are made (and the fp32
+    reference computed on the CPU) once per problem rather than once per candidate: for a decode GEMV or a
+    2048-row GEMM that generation costs more than compiling and timing a candidate does.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.outs: list = []
+        self.ins: list = []
+        self.refs: list | None = None
+        self.sets: list = []
+
+    def get(self, template: Template, problem: Problem, device: torch.device, seed: int) -> _Inputs:
+        key = (template.name, canonical_json(problem), str(device), seed)
+        if key != self.key:
+            self.key, self.refs, self.sets = None, None, []
+            self.outs, self.ins = template.make_inputs(problem, device, torch.Generator().manual_seed(seed))
+            self.key = key
+        return self
+
+
+_LAST = _Inputs()
+
+
 def measure(template: Template, problem: Problem, config: Config, gpu: GpuInfo, *,
             device: torch.device | None = None, seed: int = 0) -> Measurement:
-    """Check config on fresh random inputs, then time it (see the module docstring)."""
+    """Check config on random inputs (fixed by seed), then time it (see the module docstring)."""
     device = device or default_device()
     try:
         mod = load_source(template.source(problem))
     except Exception as e:  # a template that does not render or import is a failed candidate
         return _fail("compile", e)
     kwargs = {**template.launch_kwargs(problem), **config}
-    gen = torch.Generator().manual_seed(seed)
     try:
-        outs, ins = template.make_inputs(problem, device, gen)
+        data = _LAST.get(template, problem, device, seed)
+        outs, ins = data.outs, data.ins
         for o in outs:
             poison(o)
         mod.launch(*outs, *ins, **kwargs)
@@ -90,14 +118,16 @@ def measure(template: Template, problem: Problem, config: Config, gpu: GpuInfo, 
     except Exception as e:  # compile errors, OutOfResources, launch errors
         return _fail("launch", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}")
     try:
-        wrong = check_outputs(outs, template.reference(problem, ins))
+        if data.refs is None:
+            data.refs = template.reference(problem, ins)
+        wrong = check_outputs(outs, data.refs)
     except Exception as e:
         return _fail("check", e)
     if wrong:
         return _fail("wrong", wrong)
     try:
         if device.type == "cuda":
-            us = _time_cuda(template, problem, mod, kwargs, gpu, device, outs, ins, seed)
+            us = _time_cuda(template, problem, mod, kwargs, gpu, device, data, seed)
         else:
             us = _time_wall(mod, kwargs, outs, ins)
     except Exception as e:
@@ -115,16 +145,18 @@ def _time_wall(mod, kwargs: dict, outs: list, ins: list) -> float:
     return statistics.median(times)
 
 
-def _time_cuda(template, problem, mod, kwargs, gpu, device, outs, ins, seed) -> float:
+def _time_cuda(template, problem, mod, kwargs, gpu, device, data: _Inputs, seed) -> float:
     """triton's do_bench median, rotating over input sets when one set fits in L2."""
     import triton.testing
 
-    sets = [(outs, ins)]
-    size = max(1, _input_bytes(outs, ins))
-    if size < gpu.l2_bytes:
-        n = min(MAX_INPUT_SETS, 2 * gpu.l2_bytes // size + 1)
-        for i in range(1, n):
-            sets.append(template.make_inputs(problem, device, torch.Generator().manual_seed(seed + i)))
+    if not data.sets:
+        data.sets = [(data.outs, data.ins)]
+        size = max(1, _input_bytes(data.outs, data.ins))
+        if size < gpu.l2_bytes:
+            n = min(MAX_INPUT_SETS, 2 * gpu.l2_bytes // size + 1)
+            for i in range(1, n):
+                data.sets.append(template.make_inputs(problem, device, torch.Generator().manual_seed(seed + i)))
+    sets = data.sets
     state = {"i": 0}
 
     def run() -> None:

@@ -72,6 +72,17 @@ def test_strided_x(device):
     run(C.problem(1, 70, 96, "bfloat16", rms_eps=1e-5), device, x_row_stride=131)
 
 
+@pytest.mark.parametrize("M", [1, 3])
+def test_rms_prologue_is_the_norm(M, device):
+    """The prologue matches RMSNorm (with its weight) followed by the product, not just the reference."""
+    p = C.problem(M, 40, 300, "float32", rms_eps=1e-5)
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    outs, (x, g, w) = T.make_inputs(p, device, gen)
+    load_source(T.source(p)).launch(*outs, x, g, w, **T.launch_kwargs(p), **T.default(p, current_gpu()))
+    xn = torch.nn.functional.rms_norm(x.cpu().double(), (300,), g.cpu().double(), eps=1e-5)
+    assert_close(outs[0], xn @ w.cpu().double().T)
+
+
 @pytest.mark.parametrize("M,hole", [(1, "int8_rms_dual"), (6, "residual")])
 def test_random_valid_configs(M, hole, device):
     """Every config the tuner may draw (valid ones from the grid) computes the right result."""

@@ -85,12 +85,12 @@ def test_strided_x_and_extras(device):
 
 
 def test_rms_prologue_is_the_norm(device):
-    """The prologue matches RMSNorm followed by the matmul (weight folded in), not just the reference."""
+    """The prologue matches RMSNorm (with its weight) followed by the matmul, not just the reference."""
     p = C.problem(5, 40, 300, "float32", rms_eps=1e-5)
     gen = torch.Generator().manual_seed(random.randrange(2**31))
-    outs, (x, w) = T.make_inputs(p, device, gen)
-    load_source(T.source(p)).launch(*outs, x, w, **T.launch_kwargs(p), **T.default(p, current_gpu()))
-    xn = torch.nn.functional.rms_norm(x.cpu().double(), (300,), eps=1e-5)
+    outs, (x, g, w) = T.make_inputs(p, device, gen)
+    load_source(T.source(p)).launch(*outs, x, g, w, **T.launch_kwargs(p), **T.default(p, current_gpu()))
+    xn = torch.nn.functional.rms_norm(x.cpu().double(), (300,), g.cpu().double(), eps=1e-5)
     assert_close(outs[0], xn @ w.cpu().double().T)
 
 

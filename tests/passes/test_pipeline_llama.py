@@ -54,3 +54,28 @@ def test_tiny_llama_compiles_and_matches_eager(dtype, device):
         tok = torch.randint(0, CFG.vocab_size, (1, 1), device=device)
         p = torch.tensor([pos], device=device)
         assert_close(compiled.decode(tok, p).cpu(), reference.decode(tok, p).cpu(), dtype, f"decode at {pos}")
+
+
+def test_compiled_model_holds_weights_and_cache_once(device):
+    """Bound to a module, the plan uses the module's own KV cache and keeps one copy of the weights: the
+    projections it concatenates become views into the concatenation, with unchanged values."""
+    model = _model(torch.float32).to(device)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    attn = model.model.layers[0].self_attn
+    q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+    assert k.data_ptr() == q.data_ptr() + q.numel() * q.element_size()
+    # the plan writes the module's cache: a prefill fills its first positions
+    tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
+    compiled.prefill(tokens, torch.tensor([7], device=device))
+    assert attn.k_cache[:, :, :8].abs().sum() > 0 and attn.k_cache[:, :, 8:].abs().sum() == 0
+    # and the module still runs eagerly, giving the compiled plan's numbers
+    reset_cache(model)
+    ref = model.prefill(tokens, torch.tensor([7], device=device))
+    compiled.runner.reset()
+    assert_close(compiled.prefill(tokens, torch.tensor([7], device=device)).cpu(), ref.cpu(), torch.float32)
