@@ -209,12 +209,12 @@ def demo_cmd(ctx, prompt, max_new_tokens, prefill_len):
     ctx.invoke(run_cmd, plan_dir=str(plan_dir), prompt=prompt, max_new_tokens=max_new_tokens, chat=False)
 
 
-def _problems_from(model_name: str, max_tokens: int) -> list[tuple[str, dict]]:
+def _problems_from(model_name: str, max_tokens: int, max_seq_len: int) -> list[tuple[str, dict]]:
     """Kernel problems of a checkpoint or built-in config: prefill at max_tokens and decode."""
     from .llm import kernel_problems
 
     device = _device()
-    model, _ = load_model_source(model_name, max(4096, max_tokens + 1), _dtype(None, device))
+    model, _ = load_model_source(model_name, max(max_seq_len, max_tokens), _dtype(None, device))
     return kernel_problems(model, max_tokens)
 
 

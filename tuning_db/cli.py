@@ -41,13 +41,15 @@ _DB_HELP = "SQLAlchemy URL of the tuning database (default: $DS4C_DB, else ~/.ca
 _FALLBACK_HELP = "use the local SQLite file when --db cannot be reached"
 
 
-def tune_command(problems_from: Callable[[str, int], list[tuple[str, dict]]], name: str = "tune"
+def tune_command(problems_from: Callable[[str, int, int], list[tuple[str, dict]]], name: str = "tune"
                  ) -> click.Command:
-    """`tune MODEL`: tune every kernel problem problems_from(MODEL, max_tokens) lists."""
+    """`tune MODEL`: tune every kernel problem problems_from(MODEL, max_tokens, max_seq_len) lists."""
 
     @click.command(name=name)
     @click.argument("model")
     @click.option("--max-tokens", default=2048, show_default=True, help="largest token count to tune for")
+    @click.option("--max-seq-len", default=4096, show_default=True,
+                  help="KV cache length (as `ds4c compile --max-seq-len`: decode attention depends on it)")
     @click.option("--db", "url", default=None, help=_DB_HELP)
     @click.option("--db-fallback", is_flag=True, help=_FALLBACK_HELP)
     @click.option("--workers", default=1, show_default=True, help="tuning processes sharing the database")
@@ -56,14 +58,15 @@ def tune_command(problems_from: Callable[[str, int], list[tuple[str, dict]]], na
     @click.option("--patience", type=int, default=None, help="stop a problem after N trials without gain")
     @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
     @click.option("--seed", default=0, show_default=True)
-    def tune(model, max_tokens, url, db_fallback, workers, trials, seconds, patience, sampler, seed):
+    def tune(model, max_tokens, max_seq_len, url, db_fallback, workers, trials, seconds, patience, sampler,
+             seed):
         """Tune the kernels of MODEL into the tuning database."""
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
         _quiet_optuna()
         try:
-            items = problems_from(model, max_tokens)
+            items = problems_from(model, max_tokens, max_seq_len)
         except Ds4cError as e:
             raise click.ClickException(str(e)) from None
         db = open_db(url, db_fallback)

@@ -16,7 +16,7 @@ def test_tune_then_every_db_command(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     asked = []
 
-    def problems_from(model: str, max_tokens: int):
+    def problems_from(model: str, max_tokens: int, max_seq_len: int):
         asked.append((model, max_tokens))
         return [(VECADD, P), (VECADD, {**P, "n": 200})]
 
