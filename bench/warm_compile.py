@@ -28,13 +28,12 @@ from pathlib import Path
 import torch
 import triton
 
+from ds4c.benchmark.record import git_commit
 from ds4c.device import current_gpu
 
 
 def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent, check=False)
-    return out.stdout.strip() or os.environ.get("DS4C_COMMIT", "unknown")
+    return git_commit(Path(__file__).resolve().parent)
 
 
 def ds4c(args: list[str], env: dict) -> tuple[float, str]:

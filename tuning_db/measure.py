@@ -24,6 +24,9 @@ from ds4c.tuning_db.key import canonical_json
 
 INTERPRETER_REPS = 3  # wall-clock runs under the interpreter (its timings say nothing about a GPU)
 MAX_INPUT_SETS = 32  # rotating input sets on the GPU, so a small problem is not timed from a warm L2
+GRAPH_LAUNCHES = 32  # launches recorded in the timing graph (whole rounds over the input sets)
+GRAPH_REPLAYS = 25  # at most this many timed replays ...
+GRAPH_MS = 100.0  # ... or until this much GPU time (at least 3)
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,9 @@ def _time_wall(mod, kwargs: dict, outs: list, ins: list) -> float:
 
 
 def _time_cuda(template, problem, mod, kwargs, gpu, device, data: _Inputs, seed) -> float:
-    """triton's do_bench median, rotating over input sets when one set fits in L2."""
-    import triton.testing
-
+    """Median microseconds per launch, timed as the kernel runs in a compiled plan: back to back inside a
+    CUDA graph (decode replays one), rotating over input sets when one set fits in L2. Falls back to
+    triton's do_bench (one launch per timing, L2 flushed) when a launch cannot be captured."""
     if not data.sets:
         data.sets = [(data.outs, data.ins)]
         size = max(1, _input_bytes(data.outs, data.ins))
@@ -157,15 +160,54 @@ def _time_cuda(template, problem, mod, kwargs, gpu, device, data: _Inputs, seed)
             for i in range(1, n):
                 data.sets.append(template.make_inputs(problem, device, torch.Generator().manual_seed(seed + i)))
     sets = data.sets
+
+    def launch(i: int) -> None:
+        o, a = sets[i % len(sets)]
+        mod.launch(*o, *a, **kwargs)
+
+    try:
+        return _time_graph(launch, len(sets), device)
+    except Exception:  # not capturable (a host sync in a launch, ...): time plain launches
+        torch.cuda.synchronize(device)
+    import triton.testing
+
     state = {"i": 0}
 
     def run() -> None:
-        o, a = sets[state["i"] % len(sets)]
+        launch(state["i"])
         state["i"] += 1
-        mod.launch(*o, *a, **kwargs)
 
     ms = triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
     return float(ms) * 1e3
+
+
+def _time_graph(launch, n_sets: int, device: torch.device) -> float:
+    """Record GRAPH_LAUNCHES launches (whole rounds over the input sets) in one CUDA graph, replay it until
+    GRAPH_MS of GPU time or GRAPH_REPLAYS replays, and return the median replay time per launch (us)."""
+    n = n_sets * max(1, -(-GRAPH_LAUNCHES // n_sets))
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for i in range(n_sets):  # load the module and touch every set outside the capture
+            launch(i)
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(n):
+            launch(i)
+    graph.replay()
+    torch.cuda.synchronize(device)
+    times: list[float] = []
+    while len(times) < GRAPH_REPLAYS and (len(times) < 3 or sum(times) < GRAPH_MS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    del graph
+    return statistics.median(times) * 1e3 / n
 
 
 def precompile(template: Template, problem: Problem, config: Config) -> str:

@@ -5,7 +5,9 @@ Sits between kernel_templates (spaces, validity, references) and the database. E
 into its candidate list (`suggest_int`), so TPE and CMA-ES see tile sizes as ordered. A proposal the
 template's `valid` predicate rejects is told PRUNED at once (nothing compiles; it does not count against
 the trial budget); a proposal already measured in the study reuses that result without counting. Budgets
-(trials, seconds, patience) are read from the study, so every process sharing it stops together.
+(trials, seconds, patience) are read from the study, so every process sharing it stops together. The
+template's heuristic default is the first trial of a fresh study, so a tuned entry is never slower than the
+default by the tuner's own measure, however small the budget.
 """
 
 from __future__ import annotations
@@ -155,6 +157,18 @@ def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], 
             return
 
 
+def _enqueue_default(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo) -> None:
+    """Queue the heuristic default when the study has no trial yet (the sampler proposes the rest)."""
+    if study.get_trials(deepcopy=False):
+        return
+    try:
+        c = template.default(problem, gpu)
+    except ValueError:
+        return
+    if template.space.contains(c) and template.valid(c, problem, gpu):
+        study.enqueue_trial({n: list(v).index(c[n]) for n, v in template.space.params})
+
+
 def _compile_workers(settings: TuneSettings) -> int:
     if settings.compile_workers is not None:
         return settings.compile_workers
@@ -184,6 +198,8 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     study = db.study(fields, gpu, sampler)
     fail_stale(study, settings.stale_after_s)
     valid = valid_configs(template, problem, gpu)
+    if settings.sampler not in ("grid", "exhaustive"):
+        _enqueue_default(study, template, problem, gpu)
     t0, attempts, ran, stop = time.monotonic(), 0, [], "no-valid-config"
     nproc = _compile_workers(settings)
     pool = ProcessPoolExecutor(nproc, mp_context=_spawn()) if nproc > 0 and valid else None

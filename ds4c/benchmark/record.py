@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,10 @@ class EngineResult:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """git rev-parse HEAD of the source tree, or "unknown"."""
+    """$DS4C_COMMIT when set (a copy of the tree whose .git is absent or stale, as on a remote GPU machine),
+    else git rev-parse HEAD of the source tree, else "unknown"."""
+    if os.environ.get("DS4C_COMMIT"):
+        return os.environ["DS4C_COMMIT"]
     where = cwd or Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,

@@ -45,6 +45,17 @@ def test_tune_records_failures_and_best_is_min_over_complete(db_url):
     assert r.best_config["BLOCK"] != 48 and r.best_config["TAIL"] == 1
 
 
+def test_the_default_is_the_first_trial_of_a_fresh_study(db_url):
+    """However small the budget, the heuristic default is measured, so the tuned entry is never slower."""
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=1, sampler="random", seed=11))
+    assert r.measured == 1 and r.best_config == VECADD.default(P, INTERPRETER)
+    tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=4, sampler="random", seed=11))  # resumes
+    counted = sorted((t for t in _finished(db) if t.user_attrs["counted"]), key=lambda t: t.number)
+    assert [t.user_attrs["config"] for t in counted].count(VECADD.default(P, INTERPRETER)) == 1
+    assert len(counted) == 4
+
+
 def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_invalid(db_url):
     db = TuningDB(db_url)
     r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=1000, sampler="grid"))
