@@ -27,9 +27,9 @@ for p in problems:
     g = torch.Generator().manual_seed(0)
     outs, ins = T.make_inputs(p, torch.device("cuda"), g)
     ref = T.reference(p, ins)[0]
-    cands = [T.default(p, gpu)] + [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=w, num_stages=s)
-                                   for bm, bn, bk, w, s in itertools.product((64, 128), (64, 128, 256), (64,),
-                                                                              (4, 8), (1, 2, 3, 4))]
+    grid = itertools.product((64, 128), (64, 128, 256), (64,), (4, 8), (1, 2, 3, 4))
+    cands = [T.default(p, gpu)] + [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=w, num_stages=s,
+                                        IMPL=0) for bm, bn, bk, w, s in grid]
     for cfg in cands:
         if not T.valid(cfg, p, gpu):
             continue

@@ -83,6 +83,7 @@ SUBSPACES = {
         ("GROUP_M", (1, 8)),
         ("num_warps", (4, 8)),
         ("num_stages", (2, 3, 4)),
+        ("IMPL", (0, 1)),
     )),
 }
 

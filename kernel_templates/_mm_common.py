@@ -81,6 +81,7 @@ def holes(p: Problem) -> dict:
         "w_dtype": p["dtype"] if not quant else p["w_dtype"],
         "rms": p["rms_eps"] is not None, "dual": p["dual"], "bias": p["bias"], "n_extra": p["n_extra"],
         "epilogue": E.to_triton(epilogue_of(p)),
+        "epilogue_expr": repr(epilogue_of(p)),  # a Python literal, for the vendor-BLAS path of matmul
     }
 
 

@@ -11,10 +11,12 @@ import torch
 from ds4c.device import GpuInfo, current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
+from ds4c.kernel_templates import matmul as matmul_template
 from ds4c.precision import assert_close, rel_error
 from ds4c.runtime.loader import load_source
 
 T = get("matmul")
+BLAS = matmul_template.BLAS
 H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
                l2_bytes=60 * 1024 * 1024)
 SWIGLU = ("mul", ("silu", "acc"), "acc2")
@@ -126,8 +128,12 @@ def test_default_is_valid(gpu):
                     p = C.problem(M, N, K, dtype, w_dtype=w_dtype, dual=dual, epilogue=epi)
                     c = T.default(p, gpu)
                     assert T.valid(c, p, gpu), (p, c)
-    prefill = T.default(C.problem(2048, 4096, 4096, "bfloat16"), H200)
-    assert (prefill["BLOCK_M"], prefill["BLOCK_N"], prefill["num_warps"]) == (128, 256, 8)
+    # on a GPU the vendor BLAS where it applies; Triton tiles where it does not (and in the interpreter)
+    assert T.default(C.problem(2048, 4096, 4096, "bfloat16"), H200) == BLAS
+    tiles = T.default(C.problem(2048, 4096, 4096, "bfloat16", w_dtype="int8"), H200)
+    assert (tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["num_warps"], tiles["IMPL"]) == (128, 256, 8, 0)
+    if current_gpu().is_interpreter:
+        assert T.default(C.problem(2048, 4096, 4096, "bfloat16"), current_gpu())["IMPL"] == 0
 
 
 def test_space_contains_and_valid_prune():
@@ -140,15 +146,44 @@ def test_space_contains_and_valid_prune():
         assert not T.space.contains(c), c
         assert not T.valid(c, p, H200), c
     # shared memory: 256x256x128 tiles over 5 stages do not fit
-    huge = {"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5}
+    huge = {"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5,
+            "IMPL": 0}
     assert not T.valid(huge, p, H200)
     # dual doubles the accumulators: 128x256 on 8 warps fits once, not twice
-    tile = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    tile = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3,
+            "IMPL": 0}
     assert T.valid(tile, p, H200)
     assert not T.valid(tile, {**p, "dual": True, "epilogue": SWIGLU}, H200)
     # tiles far larger than the problem
     skinny = C.problem(1, 4096, 4096)
     assert not T.valid({**tile, "num_warps": 4, "BLOCK_N": 16, "BLOCK_M": 128}, skinny, H200)
+
+
+BLAS_EPILOGUES = {
+    "plain": dict(),
+    "bias": dict(bias=True, epilogue=("add", "acc", "bias")),
+    "residual": dict(n_extra=1, epilogue=("add", "e0", "acc")),
+    "swiglu": dict(dual=True, epilogue=SWIGLU),
+    "general": dict(bias=True, n_extra=2, epilogue=("mul", ("gelu", ("add", "acc", "bias")), ("sub", "e0", "e1"))),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("hole", sorted(BLAS_EPILOGUES))
+def test_vendor_blas_path(hole, dtype, device):
+    """IMPL=1: the product through torch (cuBLAS on a GPU), each epilogue form against the reference."""
+    p = C.problem(37, 50, 70, dtype, **BLAS_EPILOGUES[hole])
+    assert T.valid(BLAS, p, current_gpu())
+    run(p, device, config=BLAS)
+    run(p, device, config=BLAS, x_row_stride=83, extra_row_stride=61)
+
+
+def test_vendor_blas_takes_one_config_and_plain_weights():
+    p = C.problem(2048, 4096, 4096, "bfloat16")
+    blas_configs = [c for c in T.space.grid() if c["IMPL"] == 1 and T.valid(c, p, H200)]
+    assert blas_configs == [BLAS]
+    for other in (dict(rms_eps=1e-5), dict(w_dtype="int8"), dict(w_dtype="float8_e4m3fn")):
+        assert not T.valid(BLAS, C.problem(2048, 4096, 4096, "bfloat16", **other), H200), other
 
 
 def test_problem_checks():

@@ -1,0 +1,41 @@
+"""The vendor-BLAS path of the matmul template (config IMPL=1): the product through torch (cuBLAS on NVIDIA
+GPUs), the epilogue through torch ops. The tuner weighs it against the Triton tiles like any other config,
+as Inductor weighs its ATen choice against its templates: at large M the vendor GEMM is the one to beat.
+
+The common epilogues need no extra pass over the output: a bias or a residual goes into cuBLAS's own
+epilogue (addmm, beta=1, summed in fp32); SwiGLU costs two products, an in-place SiLU and a multiply, in the
+activation dtype. Any other epilogue is evaluated in fp32 from the expression, like the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ds4c.kernel_templates import expr as E
+
+SWIGLU = ("mul", ("silu", "acc"), "acc2")
+
+
+def run(epilogue: E.Expr, out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, w2: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None, extras: tuple[torch.Tensor, ...] = ()) -> None:
+    """out = epilogue(acc = x @ w.T, acc2 = x @ w2.T, bias, e0, ...), written in place."""
+    if w2 is None and not extras and bias is None and epilogue == "acc":
+        torch.mm(x, w.t(), out=out)
+        return
+    if w2 is None and len(extras) + (bias is not None) == 1 and epilogue in (
+            ("add", "acc", "e0"), ("add", "e0", "acc"), ("add", "acc", "bias"), ("add", "bias", "acc")):
+        c = extras[0] if extras else bias.expand_as(out)
+        torch.addmm(c, x, w.t(), out=out)
+        return
+    if w2 is not None and not extras and bias is None and epilogue == SWIGLU:
+        gate = F.silu(torch.mm(x, w.t()), inplace=True)  # in the activation dtype: two passes, not four
+        torch.mul(gate, torch.mm(x, w2.t()), out=out)
+        return
+    env = {"acc": torch.mm(x, w.t()).float()}
+    if w2 is not None:
+        env["acc2"] = torch.mm(x, w2.t()).float()
+    if bias is not None:
+        env["bias"] = bias.float()
+    env.update({f"e{i}": e.float() for i, e in enumerate(extras)})
+    out.copy_(E.evaluate(epilogue, env).expand(out.shape))
