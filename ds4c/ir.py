@@ -13,7 +13,8 @@ Invariants, checked by `verify()` (between passes in tests, and under DS4C_VERIF
    index_copy_) writes into its first argument and returns it; that argument must have no other reader
    ordered after the writer. Views (aten.view, transpose, slice, ...) alias their input and are only read.
 7. Kernel nodes (target "kernel:<template>") carry a JSON-able `problem`; their `args` are the input Refs in
-   the template's launch order; their outputs are fresh tensors.
+   the template's launch order; their outputs are fresh tensors, except that a kernel with `writes` = n > 0
+   writes its first n args in place (KV caches) and returns them as its last n outputs, under rule 6.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Op:
     fused: tuple[str, ...] = ()  # the ATen targets this kernel replaced, for the report
     group: str | None = None  # fusion group name shown by --report
     meta: tuple[tuple[str, Any], ...] = field(default=())  # small extra facts (e.g. scalar values)
+    writes: int = 0  # kernel nodes: the first `writes` args are written in place (invariant 7)
 
     @property
     def is_kernel(self) -> bool:
@@ -213,7 +215,12 @@ def verify(g: Graph) -> None:
         if op.is_kernel and not isinstance(op.problem, dict):
             raise IRError(f"{name}: kernel node without a problem")
         if op.target.endswith("_") and op.target.startswith("aten."):
-            _verify_inplace(g, name, op)
+            _verify_inplace(g, name, op.args[0] if op.args else None)
+        for i in range(op.writes):
+            _verify_inplace(g, name, op.args[i] if i < len(op.args) else None)
+            fresh = len(op.outputs) - op.writes
+            if fresh < 0 or op.outputs[fresh + i] != op_of(g, op.args[i].node).outputs[op.args[i].index]:
+                raise IRError(f"{name}: output {fresh + i} is not the type of the argument it writes")
     if not nx.is_directed_acyclic_graph(g):
         raise IRError("graph has a cycle")
     for n in g.graph["inputs"]:
@@ -224,8 +231,7 @@ def verify(g: Graph) -> None:
             raise IRError(f"output reads missing node {r.node}")
 
 
-def _verify_inplace(g: Graph, name: str, op: Op) -> None:
-    target = op.args[0]
+def _verify_inplace(g: Graph, name: str, target) -> None:
     if not isinstance(target, Ref):
         raise IRError(f"{name}: in-place op without a tensor to write")
     order = g.nodes[name]["order"]

@@ -29,6 +29,9 @@ _FLATTEN = {
     "rmsnorm": ("rows", {0, 2}), "softmax": ("rows", {0}),
 }
 
+# template -> the args that are rope tables, which its launch takes as [T, D]
+_TABLES = {"rope": (1, 2), "rope_kv": (5, 6)}
+
 _RESHAPE = {"aten.view.default": "aten.reshape.default", "aten._unsafe_view.default": "aten.reshape.default"}
 
 Chooser = Callable[[str, dict], tuple[dict, str]]  # (template, problem) -> (config, "tuned"|"nearest"|"default")
@@ -126,9 +129,9 @@ def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Choose
             extra = op.template in ("matmul", "gemv") and i >= len(args) - op.problem["n_extra"]
             if (i in flatten[1] or extra) and len(at.shape) != 2:
                 args[i] = em.reshape(args[i], (-1, at.shape[-1]), copy_ok=True)
-    if op.template == "rope":
+    if op.template in _TABLES:
         p = op.problem
-        for i in (1, 2):
+        for i in _TABLES[op.template]:
             args[i] = em.reshape(args[i], (p["T"], p["D"]), copy_ok=True)
     buf = name if out_shape == out_t.shape else em.tmp(name)
     em.buffers[buf] = Buffer(buf, tuple(out_shape), str(out_t.dtype).removeprefix("torch."), 0)
@@ -138,6 +141,11 @@ def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Choose
     if buf != name:
         em.steps.append(Step("aten", "aten.view.default", (TensorArg(buf), list(out_t.shape)), {}, (name,)))
         em.alias[name] = buf
+    fresh = len(op.outputs) - op.writes
+    for i in range(op.writes):  # written in place: the outputs name the args (views, no launch)
+        out = _name(Ref(name, fresh + i))
+        em.steps.append(Step("aten", "aten.alias.default", (TensorArg(args[i]),), {}, (out,)))
+        em.alias[out] = em.alias.get(args[i], args[i])
 
 
 def _reads(step: Step) -> list[str]:

@@ -21,7 +21,7 @@ from ds4c.passes.norms import fuse_rmsnorm, fuse_softmax
 from ds4c.passes.pointwise import fuse_pointwise
 from ds4c.passes.precision import assign_precision
 from ds4c.passes.reinplace import reinplace_state_writes
-from ds4c.passes.rope import fuse_rope
+from ds4c.passes.rope import fuse_rope, fuse_rope_kv_write
 
 from .ir import Graph, maybe_verify
 
@@ -37,6 +37,7 @@ def default_passes(precision: str = "bf16") -> list:
         fuse_attention,
         fuse_decomposed_attention,  # before fuse_softmax, which would take the softmax alone
         fuse_rope,
+        fuse_rope_kv_write,  # after reinplace_state_writes: the cache writes are in place by now
         lower_linear,
         fuse_swiglu,  # before merging siblings: gate/up become one dual matmul instead
         merge_sibling_matmuls,

@@ -18,6 +18,7 @@ _MODULES = {
     "rmsnorm": "ds4c.kernel_templates.rmsnorm",  # row RMSNorm, optionally after a residual add
     "softmax": "ds4c.kernel_templates.softmax",  # row softmax with a scale
     "rope": "ds4c.kernel_templates.rope",  # rotary embedding (rotate-half layout)
+    "rope_kv": "ds4c.kernel_templates.rope_kv",  # rope of q and k with the KV-cache write (in place)
     "flash_attention": "ds4c.kernel_templates.flash_attention",  # causal GQA attention (prefill)
     "decode_attention": "ds4c.kernel_templates.decode_attention",  # split-KV attention on a cache (decode)
 }

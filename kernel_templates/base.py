@@ -73,6 +73,9 @@ class Template:
     reference: Callable[[Problem, list], list]
     launch_kwargs: Callable[[Problem], dict]  # problem scalars passed to launch (eps, scale, ...)
     cost: Callable[[Problem], tuple[float, float]]  # (flops, minimum bytes moved), for rooflines
+    # launch(*outs, *ins): the last `writes` of make_inputs' outs are written in place (KV caches, only some
+    # rows): in a graph they are the kernel's first args, and its reference marks untouched elements NaN
+    writes: int = 0
 
     def source(self, problem: Problem) -> str:
         return render(self.file, **self.holes(problem))

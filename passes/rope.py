@@ -1,15 +1,16 @@
 """Rotary embedding: x * cos + rotate_half(x) * sin (Hugging Face layout,
-rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2])) -> one `rope` kernel. Runs after clean-up, before the
-pointwise fusion would split the pattern into pieces."""
+rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2])) -> one `rope` kernel; then an attention step's two ropes
+and its two KV-cache writes -> one `rope_kv` kernel. Runs after clean-up, before the pointwise fusion would
+split the pattern into pieces."""
 
 from __future__ import annotations
 
 import torch
 
-from ds4c.ir import Graph, Op, Ref, bump, op_of, ordered, set_op
+from ds4c.ir import Graph, Op, Ref, add_node, bump, op_of, ordered, replace_uses, set_op, users
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import target_of
+from .match import sole_user, target_of
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 BIG = 2**62
@@ -101,4 +102,94 @@ def fuse_rope(g: Graph) -> Graph:
                                fused=("mul", "slice", "neg", "cat", "mul", "add"), group="rope"))
             bump(g, "fuse_rope")
             break
+    return eliminate_dead_code(g)
+
+
+INDEX_COPY_ = "aten.index_copy_.default"
+
+
+def _type(g: Graph, ref: Ref):
+    return op_of(g, ref.node).outputs[ref.index]
+
+
+def _cache_write(g: Graph, name: str):
+    """(cache, pos, src) when name is index_copy_(cache [B, H, S, D], 2, pos [T], src [B, H, T, D])."""
+    op = op_of(g, name)
+    if op.target != INDEX_COPY_ or len(op.args) != 4 or not all(isinstance(op.args[i], Ref) for i in (0, 2, 3)):
+        return None
+    cache, dim, pos, src = op.args
+    ct, st, pt = _type(g, cache), _type(g, src), _type(g, pos)
+    if len(ct.shape) != 4 or dim not in (2, -2) or len(pt.shape) != 1 or pt.dtype not in (torch.int64, torch.int32):
+        return None
+    if st.shape != ct.shape[:2] + (pt.shape[0], ct.shape[3]) or st.dtype != ct.dtype:
+        return None
+    if ct.stride[-1] != 1 or st.stride[-1] != 1:
+        return None
+    return cache, pos, src
+
+
+def _rope_kv_match(g: Graph, ck: str):
+    """(rope of q, rope of k, index_copy_ of v) that join index_copy_ ck of rope(k) into one rope_kv: one
+    consumer (the attention) reads the rotated q and both written caches, and the ropes share their tables.
+    The tables and positions are shared by every layer, so the consumer is what ties one layer's parts."""
+    kw = _cache_write(g, ck)
+    if kw is None or target_of(g, kw[2]) != "kernel:rope" or sole_user(g, kw[2].node) != ck:
+        return None
+    kc, pos, rk = kw[0], kw[1], kw[2].node
+    rk_op = op_of(g, rk)
+    found = set()
+    for a in users(g, ck):
+        refs = [r for r in op_of(g, a).args if isinstance(r, Ref)]
+        rqs = [r.node for r in refs if r.index == 0 and op_of(g, r.node).target == "kernel:rope" and r.node != rk
+               and op_of(g, r.node).args[1:] == rk_op.args[1:] and sole_user(g, r.node) == a]
+        cvs = [r.node for r in refs if r.index == 0 and r.node != ck and (w := _cache_write(g, r.node)) is not None
+               and w[1] == pos and w[0] != kc and target_of(g, w[2]) != "kernel:rope"]
+        if len(rqs) == 1 and len(cvs) == 1:
+            found.add((rqs[0], rk, cvs[0]))
+    if len(found) != 1:
+        return None
+    rq, _, _ = m = found.pop()
+    pq, pk = op_of(g, rq).problem, rk_op.problem
+    if any(pq[k] != pk[k] for k in ("B", "T", "D", "dtype", "cos_dtype")) or _type(g, kc).dtype != _type(
+            g, rk_op.args[0]).dtype:
+        return None
+    return m
+
+
+def fuse_rope_kv_write(g: Graph) -> Graph:
+    """rope(xq, cos, sin), index_copy_(k_cache, 2, pos, rope(xk, cos, sin)), index_copy_(v_cache, 2, pos, xv)
+    -> rope_kv(k_cache, v_cache, xq, xk, xv, cos, sin, pos): one launch instead of four, writing both caches
+    in place. Needs fuse_rope and reinplace_state_writes."""
+    g = copy_graph(g)
+    for ck in ordered(g):
+        if ck not in g or op_of(g, ck).target != INDEX_COPY_:
+            continue
+        m = _rope_kv_match(g, ck)
+        if m is None:
+            continue
+        rq, rk, cv = m
+        kc, _, pos, _ = op_of(g, ck).args
+        vc, _, _, xv = op_of(g, cv).args
+        xq, cos, sin = op_of(g, rq).args
+        xk = op_of(g, rk).args[0]
+        args = (kc, vc, xq, xk, xv, cos, sin, pos)
+        after = max(g.nodes[a.node]["order"] for a in args)
+        readers = [u for n in (rq, ck, cv) for u in users(g, n)]
+        old_readers = [u for c in (kc, vc) for u in users(g, c.node) if u not in (ck, cv)]
+        before = min([g.nodes[u]["order"] for u in readers] + [float("inf")])
+        if after >= before or any(g.nodes[u]["order"] > after for u in old_readers):
+            continue  # no place in the order where every input is ready and no reader is passed over
+        pk, ct = op_of(g, rk).problem, _type(g, kc)
+        problem = {"B": pk["B"], "Hq": op_of(g, rq).problem["H"], "Hkv": pk["H"], "T": pk["T"], "D": pk["D"],
+                   "S_max": ct.shape[2], "dtype": pk["dtype"], "cos_dtype": pk["cos_dtype"]}
+        op = Op("kernel:rope_kv", args=args, outputs=(op_of(g, rq).outputs[0], ct, _type(g, vc)), problem=problem,
+                fused=op_of(g, rq).fused + op_of(g, rk).fused + (INDEX_COPY_, INDEX_COPY_), group="rope+kv_write",
+                writes=2)
+        order = (after + before) / 2 if before != float("inf") else after + 1.0
+        node = add_node(g, f"{rk}_kv", op, order)
+        replace_uses(g, Ref(rq), Ref(node, 0))
+        replace_uses(g, Ref(ck), Ref(node, 1))
+        replace_uses(g, Ref(cv), Ref(node, 2))
+        g.remove_nodes_from([ck, cv, rq, rk])
+        bump(g, "fuse_rope_kv_write")
     return eliminate_dead_code(g)

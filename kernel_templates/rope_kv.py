@@ -1,0 +1,122 @@
+"""Rotary embedding of q and k with the KV-cache write, in one launch (Hugging Face rotate-half layout): the
+attention step's q = rope(q); k_cache[:, :, pos] = rope(k); v_cache[:, :, pos] = v. It replaces two rope
+kernels and two index_copy_ writes per layer (passes/rope.py, fuse_rope_kv_write), and renders
+rope_kv.py.j2.
+
+Problem: {"B", "Hq", "Hkv", "T", "D", "S_max", "dtype", "cos_dtype"}.
+launch(q_out, k_cache, v_cache, q, k, v, cos, sin, pos, BLOCK_R, num_warps): q [B,Hq,T,D], k and v [B,Hkv,T,D]
+(any strides, unit stride on D); cos/sin [T, D] contiguous; pos int64 [T] on the device (cache positions,
+each < S_max); caches [B,Hkv,S_max,D] (unit stride on D), written in place at pos only; q_out [B,Hq,T,D]
+contiguous. pos is never read on the host, so the launch may sit in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ds4c.device import GpuInfo
+
+from .base import Config, Problem, SearchSpace, Template, dtype_of, randn
+from .rmsnorm import next_pow2
+from .rope import rope_tables
+
+SPACE = SearchSpace((
+    ("BLOCK_R", (1, 2, 4, 8, 16, 32, 64)),
+    ("num_warps", (1, 2, 4, 8)),
+))
+
+KEYS = ("B", "Hq", "Hkv", "T", "D", "S_max", "dtype", "cos_dtype")
+
+
+def _rows(problem: Problem) -> int:
+    return problem["B"] * (problem["Hq"] + problem["Hkv"]) * problem["T"]
+
+
+def _block_d(problem: Problem) -> int:
+    return max(16, next_pow2(problem["D"] // 2))
+
+
+def _holes(problem: Problem) -> dict:
+    if set(problem) != set(KEYS):
+        raise ValueError(f"a rope_kv problem has exactly the keys {KEYS}")
+    if problem["D"] % 2:
+        raise ValueError(f"rope needs an even head dim, got {problem['D']}")
+    if problem["T"] > problem["S_max"]:
+        raise ValueError(f"{problem['T']} positions do not fit a cache of {problem['S_max']}")
+    dtype_of(problem["dtype"])
+    dtype_of(problem["cos_dtype"])
+    return {k: problem[k] for k in KEYS} | {"block_d": _block_d(problem)}
+
+
+def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
+    """1..64 values of each half tile per thread (one warp may hold fewer), no more rows than exist."""
+    if not SPACE.contains(config):
+        return False
+    r, w = config["BLOCK_R"], config["num_warps"]
+    if r > next_pow2(max(1, _rows(problem))):
+        return False
+    per_thread = r * _block_d(problem) / (32 * w)
+    return 1 <= per_thread <= 64 or (w == 1 and per_thread < 1)
+
+
+def default(problem: Problem, gpu: GpuInfo) -> Config:
+    """As rope: tiles of ~2048 values per half, fewer rows while the grid would leave SMs idle."""
+    rows, bd = max(1, _rows(problem)), _block_d(problem)
+    r = 1
+    while r < 64 and r * bd < 2048 and r < next_pow2(rows) and -(-rows // (2 * r)) >= 2 * gpu.sm_count:
+        r *= 2
+    return {"BLOCK_R": r, "num_warps": max(1, min(8, r * bd // 256))}
+
+
+def make_inputs(problem: Problem, device, gen: torch.Generator):
+    """q, k, v as the [B, H, T, D] transposes of projection outputs; T distinct cache positions from a random
+    offset (not necessarily in order); every output poisoned (NaN), the caches included, so a write outside
+    pos shows."""
+    B, Hq, Hkv, T, D, S = (problem[k] for k in ("B", "Hq", "Hkv", "T", "D", "S_max"))
+    dt = dtype_of(problem["dtype"])
+    q = randn((B, T, Hq, D), dt, device, gen).transpose(1, 2)
+    k = randn((B, T, Hkv, D), dt, device, gen).transpose(1, 2)
+    v = randn((B, T, Hkv, D), dt, device, gen).transpose(1, 2)
+    offset = int(torch.randint(0, S - T + 1, (1,), generator=gen))
+    cos, sin = rope_tables(T, D, dtype_of(problem["cos_dtype"]), offset)
+    pos = (offset + torch.randperm(T, generator=gen)) if T > 1 else torch.tensor([offset])
+    cos, sin = cos[pos - offset], sin[pos - offset]  # row t belongs to token t, at position pos[t]
+    outs = [torch.full((B, Hq, T, D), float("nan"), dtype=dt, device=device),
+            torch.full((B, Hkv, S, D), float("nan"), dtype=dt, device=device),
+            torch.full((B, Hkv, S, D), float("nan"), dtype=dt, device=device)]
+    return outs, [q, k, v, cos.contiguous().to(device), sin.contiguous().to(device), pos.to(device)]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def reference(problem: Problem, ins: list) -> list:
+    """q_out, and the caches as they must be: rows at pos written, every other row still NaN (untouched)."""
+    q, k, v, cos, sin = (t.detach().cpu().to(torch.float64) for t in ins[:5])
+    pos = ins[5].detach().cpu()
+    B, Hkv, S, D = problem["B"], problem["Hkv"], problem["S_max"], problem["D"]
+    kc = torch.full((B, Hkv, S, D), float("nan"), dtype=torch.float64)
+    vc = torch.full((B, Hkv, S, D), float("nan"), dtype=torch.float64)
+    kc[:, :, pos] = _rope(k, cos, sin)
+    vc[:, :, pos] = v
+    return [_rope(q, cos, sin), kc, vc]
+
+
+def launch_kwargs(problem: Problem) -> dict:
+    return {}
+
+
+def cost(problem: Problem) -> tuple[float, float]:
+    B, Hq, Hkv, T, D = (problem[k] for k in ("B", "Hq", "Hkv", "T", "D"))
+    es = dtype_of(problem["dtype"]).itemsize
+    table = 2 * T * D * dtype_of(problem["cos_dtype"]).itemsize
+    nq, nkv = B * Hq * T * D, B * Hkv * T * D
+    return float(3 * (nq + nkv)), float(es * (2 * nq + 4 * nkv) + table + 8 * T)
+
+
+TEMPLATE = Template(
+    name="rope_kv", file="rope_kv.py.j2", space=SPACE, holes=_holes, valid=valid, default=default,
+    make_inputs=make_inputs, reference=reference, launch_kwargs=launch_kwargs, cost=cost, writes=2,
+)

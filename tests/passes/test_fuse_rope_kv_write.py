@@ -1,0 +1,46 @@
+"""fuse_rope_kv_write on the tiny Llama: per decode layer, the two ropes and the two KV-cache index_copy_
+writes become one rope_kv kernel that writes the caches in place (IR invariant 7); the IR verifier rejects a
+reader of the old cache value placed after that write."""
+
+import pytest
+import torch
+from pass_helpers import run
+
+from ds4c.ir import IRError, Op, Ref, add_node, op_of, ordered, verify
+from ds4c.llm import capture_llm
+from ds4c.models.configs import BUILTIN
+from ds4c.models.llama import Llama, init_random
+from ds4c.pipeline import default_passes
+
+CFG = BUILTIN["tiny-llama"]
+
+
+def _decode_after_fusion():
+    model = init_random(Llama(CFG, max_seq_len=24, dtype=torch.bfloat16), seed=0)
+    g = capture_llm(model, prefill_len=8)["decode"]
+    passes = default_passes("bf16")
+    return run(g, passes[: [p.__name__ for p in passes].index("fuse_rope_kv_write") + 1])
+
+
+def test_one_kernel_per_layer_writes_both_caches():
+    h = _decode_after_fusion()
+    fused = [n for n in ordered(h) if op_of(h, n).target == "kernel:rope_kv"]
+    assert len(fused) == CFG.num_hidden_layers
+    assert not [n for n in h if op_of(h, n).target in ("kernel:rope", "aten.index_copy_.default")]
+    for n in fused:
+        op = op_of(h, n)
+        assert op.writes == 2
+        roles = [h.graph["roles"].get(a.node, "") for a in op.args[:2]]
+        assert all(r.startswith("buffer:") and r.endswith(("k_cache", "v_cache")) for r in roles), roles
+        # the caches' new values are the kernel's outputs 1 and 2, and the state mutations say so
+        assert {h.graph["mutations"][r] for r in roles} == {Ref(n, 1), Ref(n, 2)}
+
+
+def test_verify_rejects_a_read_of_the_old_cache_after_the_write():
+    h = _decode_after_fusion()
+    n = next(n for n in ordered(h) if op_of(h, n).target == "kernel:rope_kv")
+    cache = op_of(h, n).args[0]
+    t = op_of(h, cache.node).outputs[0]
+    add_node(h, "late_read", Op("aten.clone.default", args=(cache,), outputs=(t,)), h.nodes[n]["order"] + 1e-3)
+    with pytest.raises(IRError, match="after it was written in place"):
+        verify(h)
