@@ -25,7 +25,8 @@ def _rows(problem: Problem) -> int:
     return problem["B"] * problem["H"] * problem["T"]
 
 
-def _block_d(problem: Problem) -> int:
+def block_d(problem: Problem) -> int:
+    """The power-of-2 tile over half a head (at least 16)."""
     return max(16, next_pow2(problem["D"] // 2))
 
 
@@ -35,28 +36,36 @@ def _holes(problem: Problem) -> dict:
     dtype_of(problem["dtype"])
     dtype_of(problem["cos_dtype"])
     keys = ("B", "H", "T", "D", "dtype", "cos_dtype")
-    return {k: problem[k] for k in keys} | {"block_d": _block_d(problem)}
+    return {k: problem[k] for k in keys} | {"block_d": block_d(problem)}
 
 
-def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
+def valid_tile(config: Config, rows: int, half_tile: int) -> bool:
     """1..64 values of each half tile per thread (one warp may hold fewer), no more rows than exist."""
     if not SPACE.contains(config):
         return False
     r, w = config["BLOCK_R"], config["num_warps"]
-    if r > next_pow2(max(1, _rows(problem))):
+    if r > next_pow2(max(1, rows)):
         return False
-    per_thread = r * _block_d(problem) / (32 * w)
+    per_thread = r * half_tile / (32 * w)
     return 1 <= per_thread <= 64 or (w == 1 and per_thread < 1)
 
 
-def default(problem: Problem, gpu: GpuInfo) -> Config:
+def default_tile(rows: int, half_tile: int, gpu: GpuInfo) -> Config:
     """Tiles of ~2048 values per half (16-byte loads at 8 warps), fewer rows while the grid would leave SMs
     idle."""
-    rows, bd = max(1, _rows(problem)), _block_d(problem)
+    rows = max(1, rows)
     r = 1
-    while r < 64 and r * bd < 2048 and r < next_pow2(rows) and -(-rows // (2 * r)) >= 2 * gpu.sm_count:
+    while r < 64 and r * half_tile < 2048 and r < next_pow2(rows) and -(-rows // (2 * r)) >= 2 * gpu.sm_count:
         r *= 2
-    return {"BLOCK_R": r, "num_warps": max(1, min(8, r * bd // 256))}
+    return {"BLOCK_R": r, "num_warps": max(1, min(8, r * half_tile // 256))}
+
+
+def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
+    return valid_tile(config, _rows(problem), block_d(problem))
+
+
+def default(problem: Problem, gpu: GpuInfo) -> Config:
+    return default_tile(_rows(problem), block_d(problem), gpu)
 
 
 def rope_tables(T: int, D: int, dtype: torch.dtype, offset: int = 0, base: float = 500000.0):

@@ -16,24 +16,14 @@ import torch
 
 from ds4c.device import GpuInfo
 
-from .base import Config, Problem, SearchSpace, Template, dtype_of, randn
-from .rmsnorm import next_pow2
-from .rope import rope_tables
-
-SPACE = SearchSpace((
-    ("BLOCK_R", (1, 2, 4, 8, 16, 32, 64)),
-    ("num_warps", (1, 2, 4, 8)),
-))
+from .base import Config, Problem, Template, dtype_of, randn
+from .rope import SPACE, block_d, default_tile, rope_tables, valid_tile
 
 KEYS = ("B", "Hq", "Hkv", "T", "D", "S_max", "dtype", "cos_dtype")
 
 
 def _rows(problem: Problem) -> int:
     return problem["B"] * (problem["Hq"] + problem["Hkv"]) * problem["T"]
-
-
-def _block_d(problem: Problem) -> int:
-    return max(16, next_pow2(problem["D"] // 2))
 
 
 def _holes(problem: Problem) -> dict:
@@ -45,27 +35,16 @@ def _holes(problem: Problem) -> dict:
         raise ValueError(f"{problem['T']} positions do not fit a cache of {problem['S_max']}")
     dtype_of(problem["dtype"])
     dtype_of(problem["cos_dtype"])
-    return {k: problem[k] for k in KEYS} | {"block_d": _block_d(problem)}
+    return {k: problem[k] for k in KEYS} | {"block_d": block_d(problem)}
 
 
 def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
-    """1..64 values of each half tile per thread (one warp may hold fewer), no more rows than exist."""
-    if not SPACE.contains(config):
-        return False
-    r, w = config["BLOCK_R"], config["num_warps"]
-    if r > next_pow2(max(1, _rows(problem))):
-        return False
-    per_thread = r * _block_d(problem) / (32 * w)
-    return 1 <= per_thread <= 64 or (w == 1 and per_thread < 1)
+    """As rope's, over the rows of q and k together."""
+    return valid_tile(config, _rows(problem), block_d(problem))
 
 
 def default(problem: Problem, gpu: GpuInfo) -> Config:
-    """As rope: tiles of ~2048 values per half, fewer rows while the grid would leave SMs idle."""
-    rows, bd = max(1, _rows(problem)), _block_d(problem)
-    r = 1
-    while r < 64 and r * bd < 2048 and r < next_pow2(rows) and -(-rows // (2 * r)) >= 2 * gpu.sm_count:
-        r *= 2
-    return {"BLOCK_R": r, "num_warps": max(1, min(8, r * bd // 256))}
+    return default_tile(_rows(problem), block_d(problem), gpu)
 
 
 def make_inputs(problem: Problem, device, gen: torch.Generator):
