@@ -121,10 +121,12 @@ def lower_linear(g: Graph) -> Graph:
     return eliminate_dead_code(g)
 
 
-def _plain(op: Op) -> bool:
+def _plain(op: Op, bias: bool = False) -> bool:
+    """x @ W.T alone (bias=True: plus a bias, the whole epilogue) in full precision, without a prologue."""
     p = op.problem
-    return (op.target in MM and p["epilogue"] == "acc" and not p["dual"] and p["n_extra"] == 0
-            and p["rms_eps"] is None and p["w_dtype"] == "same")
+    epilogue = ("add", "acc", "bias") if bias else "acc"
+    return (op.target in MM and p["epilogue"] == epilogue and p["bias"] == bias and not p["dual"]
+            and p["n_extra"] == 0 and p["rms_eps"] is None and p["w_dtype"] == "same")
 
 
 def fuse_swiglu(g: Graph) -> Graph:
@@ -160,23 +162,29 @@ def fuse_swiglu(g: Graph) -> Graph:
 
 
 def merge_sibling_matmuls(g: Graph) -> Graph:
-    """Plain matmuls reading the same x with weight constants -> one matmul over the concatenated weights,
-    its output sliced back (views); needs lower_linear."""
+    """Plain matmuls reading the same x with weight constants (all without bias, or all with constant
+    biases, as Qwen's q/k/v) -> one matmul over the concatenated weights (and biases), its output sliced
+    back (views); needs lower_linear."""
     g = copy_graph(g)
-    groups: dict[Ref, list[str]] = {}
+    groups: dict[tuple[Ref, bool], list[str]] = {}
     for name in ordered(g):
         op = op_of(g, name)
-        if op.target in MM and _plain(op) and is_weight(g, parts(op).w) and not parts(op).bias:
-            groups.setdefault(parts(op).x, []).append(name)
-    for x, members in groups.items():
+        for bias in (False, True):
+            if _plain(op, bias) and is_weight(g, parts(op).w) and (not bias or is_weight(g, parts(op).bias)):
+                groups.setdefault((parts(op).x, bias), []).append(name)
+    for (x, bias), members in groups.items():
         if len(members) < 2:
             continue
         ws = [parts(op_of(g, m)).w for m in members]
         ns = [weight_type(g, w).shape[0] for w in ws]
         k = weight_type(g, ws[0]).shape[1]
         wcat = derived_input(g, "cat", ws, (sum(ns), k), weight_type(g, ws[0]).dtype)
+        bcat = None
+        if bias:
+            bs = [parts(op_of(g, m)).bias for m in members]
+            bcat = derived_input(g, "cat", bs, (sum(ns),), weight_type(g, bs[0]).dtype)
         first = members[0]
-        merged = matmul_op(g, x, wcat, None, sum((op_of(g, m).fused for m in members), ()))
+        merged = matmul_op(g, x, wcat, bcat, sum((op_of(g, m).fused for m in members), ()))
         merged = replace(merged, group="merged")
         node = add_node(g, f"{first}_merged", merged, g.nodes[first]["order"] - 0.5)
         start = 0

@@ -32,3 +32,30 @@ def test_different_inputs_not_merged():
     g, _ = capture(mod, (torch.randn(7, 48), torch.randn(7, 48)))
     h = run(g, upto("merge_sibling_matmuls"))
     assert "merge_sibling_matmuls" not in stats(h) and count(h, "kernel:matmul") == 2
+
+
+def _qkv_bias(m, x):
+    q, k, v = F.linear(x, m.wq, m.bq), F.linear(x, m.wk, m.bk), F.linear(x, m.wv, m.bv)
+    return q * 2, k + 1, v.sum(-1)
+
+
+def test_biased_projections_merge_with_their_biases(device):
+    """Qwen2's q/k/v carry biases: one matmul over the concatenated weights plus the concatenated biases."""
+    mod = Fn(_qkv_bias, wq=torch.randn(32, 48), wk=torch.randn(16, 48), wv=torch.randn(16, 48),
+             bq=torch.randn(32), bk=torch.randn(16), bv=torch.randn(16))
+    g, state = capture(mod, (torch.randn(1, 7, 48),))
+    h = run(g, upto("merge_sibling_matmuls"))
+    assert stats(h)["merge_sibling_matmuls"] == 3 and count(h, "kernel:matmul") == 1
+    mm = op_of(h, next(n for n in h if op_of(h, n).is_kernel))
+    assert mm.problem["bias"] and mm.problem["epilogue"] == ("add", "acc", "bias")
+    shapes = sorted(tuple(d["shape"]) for d in h.graph["derived"].values())
+    assert shapes == [(64,), (64, 48)]
+    check_numbers(h, state, mod, (torch.randn(1, 7, 48),), device)
+
+
+def test_biased_and_unbiased_siblings_stay_apart():
+    mod = Fn(lambda m, x: (F.linear(x, m.wq, m.bq), F.linear(x, m.wk)), wq=torch.randn(32, 48),
+             wk=torch.randn(16, 48), bq=torch.randn(32))
+    g, _ = capture(mod, (torch.randn(7, 48),))
+    h = run(g, upto("merge_sibling_matmuls"))
+    assert "merge_sibling_matmuls" not in stats(h) and count(h, "kernel:matmul") == 2

@@ -82,3 +82,22 @@ def test_compiled_model_holds_weights_and_cache_once(device):
     ref = model.prefill(tokens, torch.tensor([7], device=device))
     compiled.runner.reset()
     assert_close(compiled.prefill(tokens, torch.tensor([7], device=device)).cpu(), ref.cpu(), torch.float32)
+
+
+def test_qwen2_style_qkv_biases(device):
+    """q/k/v with biases (Qwen2) merge into one projection per layer and still give eager's numbers."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, attention_bias=True, architecture="Qwen2ForCausalLM")
+    model = init_random(Llama(cfg, max_seq_len=24, dtype=torch.float32), seed=5).to(device)
+    compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False, use_cache=False))
+    for name in ("prefill", "decode"):
+        assert compiled.report[name]["rules"]["merge_sibling_matmuls"] == 3 * L
+    reference = copy.deepcopy(model)
+    tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
+    last = torch.tensor([7], device=device)
+    reset_cache(reference)
+    compiled.runner.reset()
+    assert_close(compiled.prefill(tokens, last).cpu(), reference.prefill(tokens, last).cpu(), torch.float32)
+    tok, pos = torch.randint(0, CFG.vocab_size, (1, 1), device=device), torch.tensor([8], device=device)
+    assert_close(compiled.decode(tok, pos).cpu(), reference.decode(tok, pos).cpu(), torch.float32)
