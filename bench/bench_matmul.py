@@ -22,6 +22,7 @@ import triton.testing
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
+from ds4c.kernel_templates import matmul as matmul_template
 from ds4c.precision import TOLERANCE, rel_error
 from ds4c.runtime.loader import load_source
 
@@ -93,10 +94,22 @@ def bench_one(name: str, N: int, K: int, dual: bool, M: int, args, gen) -> dict:
         raise AssertionError(f"{name} M={M}: ds4c differs from torch, rel error {err:.3e}")
     ds4c_us, torch_us = _time(ours, args.timer), _time(theirs, args.timer)
     flops, nbytes = template.cost(p)
-    return {"shape": name, "M": M, "N": N, "K": K, "dual": dual, "dtype": args.dtype, "w_dtype": args.w_dtype,
-            "template": template.name, "config": config, "rel_err": err,
-            "ds4c_us": ds4c_us, "torch_us": torch_us, "speedup": torch_us / ds4c_us,
-            "gbps": nbytes / ds4c_us / 1e3, "tflops": flops / ds4c_us / 1e6}
+    row = {"shape": name, "M": M, "N": N, "K": K, "dual": dual, "dtype": args.dtype, "w_dtype": args.w_dtype,
+           "template": template.name, "config": config, "rel_err": err,
+           "ds4c_us": ds4c_us, "torch_us": torch_us, "speedup": torch_us / ds4c_us,
+           "gbps": nbytes / ds4c_us / 1e3, "tflops": flops / ds4c_us / 1e6}
+    if template.name == "matmul" and config.get("IMPL") == 1:  # the default is the BLAS: time the tiles too
+        tiles = matmul_template.tile_default(p, current_gpu())
+
+        def triton_tiles():
+            mod.launch(*outs, *ins, **kwargs, **tiles)
+
+        triton_tiles()
+        torch.cuda.synchronize()
+        tiles_us = _time(triton_tiles, args.timer)
+        row["triton_tiles"] = {"config": tiles, "rel_err": rel_error(outs[0], expected.float()), "us": tiles_us,
+                               "speedup": torch_us / tiles_us, "tflops": flops / tiles_us / 1e6}
+    return row
 
 
 def main() -> None:

@@ -86,11 +86,16 @@ def _shrink(config: Config, p: Problem, gpu: GpuInfo) -> Config:
 
 def default(problem: Problem, gpu: GpuInfo) -> Config:
     """On a GPU the vendor BLAS where it applies (our pointer-load tiles reached ~0.8 of cuBLAS at M=2048 on
-    the H200). Otherwise Hopper tiles: 128x256x64 on 8 warps with 3 stages for large M (the best pointer/TMA
-    tile in those measurements), 128x128 for dual weights (two accumulators), skinny M tiles for small M."""
-    p = problem
-    if not gpu.is_interpreter and valid(BLAS, p, gpu):
+    the H200), otherwise (and in the interpreter) the Triton tiles of tile_default."""
+    if not gpu.is_interpreter and valid(BLAS, problem, gpu):
         return dict(BLAS)
+    return tile_default(problem, gpu)
+
+
+def tile_default(problem: Problem, gpu: GpuInfo) -> Config:
+    """Hopper tiles: 128x256x64 on 8 warps with 3 stages for large M (the best pointer/TMA tile in our H200
+    measurements), 128x128 for dual weights (two accumulators), skinny M tiles for small M."""
+    p = problem
     M, N = p["M"], p["N"]
     bk = 32 if p["dtype"] == "float32" else 64
     if M >= 128:
