@@ -7,7 +7,8 @@ template's `valid` predicate rejects is told PRUNED at once (nothing compiles; i
 the trial budget); a proposal already measured in the study reuses that result without counting. Budgets
 (trials, seconds, patience) are read from the study, so every process sharing it stops together. The
 template's heuristic default is the first trial of a fresh study, so a tuned entry is never slower than the
-default by the tuner's own measure, however small the budget.
+default by the tuner's own measure, however small the budget. On a GPU a pool of processes compiles the next
+batch of proposals while this process times the current one.
 """
 
 from __future__ import annotations
@@ -169,6 +170,34 @@ def _enqueue_default(study: optuna.Study, template: Template, problem: Problem, 
         study.enqueue_trial({n: list(v).index(c[n]) for n, v in template.space.params})
 
 
+def _propose(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo, settings: TuneSettings,
+             valid: list[Config], state: _State, in_flight: set[str]):
+    """Ask the sampler for one config: (trial, config) to measure, or None when the proposal was told at
+    once (PRUNED when invalid or already in flight, a repeat of a measured config's result otherwise)."""
+    if settings.sampler in ("grid", "exhaustive"):
+        _enqueue_next(study, template, valid, state)
+    trial = study.ask()
+    config = config_of(trial, template)
+    trial.set_user_attr("config", config)
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
+    key = canonical_json(config)
+    if not template.valid(config, problem, gpu):
+        trial.set_user_attr("reason", "invalid: rejected by the template's valid()")
+        study.tell(trial, state=TrialState.PRUNED)
+    elif key in state.seen:
+        st, value, reason = state.seen[key]
+        m = Measurement(st == TrialState.COMPLETE, value if value is not None else math.inf,
+                        f"{reason} (a duplicate: not measured again)")
+        _tell(study, trial, m, False, duplicate=True)
+    elif key in in_flight:
+        trial.set_user_attr("reason", "a duplicate of a config being measured")
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        return trial, config
+    return None
+
+
 def _compile_workers(settings: TuneSettings) -> int:
     if settings.compile_workers is not None:
         return settings.compile_workers
@@ -203,42 +232,43 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     t0, attempts, ran, stop = time.monotonic(), 0, [], "no-valid-config"
     nproc = _compile_workers(settings)
     pool = ProcessPoolExecutor(nproc, mp_context=_spawn()) if nproc > 0 and valid else None
+    # Pipelined: the pool compiles the next batch of proposals while this process times the current one.
+    # A batch is proposed before the current one's results are in (at most one batch of lag for the
+    # sampler), and never beyond the trial budget; a batch once compiled is always measured and told.
+    pending: list = []  # [(trial, config, future or None)] compiled or compiling, not yet measured
     try:
         while valid:
             state = study_state(study)
             stop = _stop_reason(state, settings, len(valid), t0, attempts)
-            if stop:
-                break
-            todo = []
-            for _ in range(max(1, nproc)):
-                attempts += 1
-                if settings.sampler in ("grid", "exhaustive"):
-                    _enqueue_next(study, template, valid, state)
-                trial = study.ask()
-                config = config_of(trial, template)
-                trial.set_user_attr("config", config)
-                trial.set_user_attr("pid", os.getpid())
-                trial.set_user_attr("host", socket.gethostname())
-                if not template.valid(config, problem, gpu):
-                    trial.set_user_attr("reason", "invalid: rejected by the template's valid()")
-                    study.tell(trial, state=TrialState.PRUNED)
-                elif canonical_json(config) in state.seen:
-                    st, value, reason = state.seen[canonical_json(config)]
-                    m = Measurement(st == TrialState.COMPLETE, value if value is not None else math.inf,
-                                    f"{reason} (a duplicate: not measured again)")
-                    _tell(study, trial, m, False, duplicate=True)
-                else:
-                    todo.append((trial, config))
-            errors = (list(pool.map(precompile, *zip(*[(template, problem, c) for _, c in todo],
-                                                    strict=True)))
-                      if pool is not None and todo else [""] * len(todo))
-            for (trial, config), err in zip(todo, errors, strict=True):
+            # trials in flight anywhere (this process's pending batch, other workers') count against the budget
+            room = settings.trials - state.measured - len(study.get_trials(deepcopy=False,
+                                                                           states=(TrialState.RUNNING,)))
+            batch = []
+            if not stop and room > 0:
+                in_flight = {canonical_json(c) for _, c, _ in pending}
+                for _ in range(min(max(1, nproc), room)):
+                    attempts += 1
+                    proposed = _propose(study, template, problem, gpu, settings, valid, state, in_flight)
+                    if proposed is not None:
+                        batch.append(proposed)
+                        in_flight.add(canonical_json(proposed[1]))
+                batch = [(t, c, pool.submit(precompile, template, problem, c) if pool else None)
+                         for t, c in batch]
+            if pool is None:  # nothing compiles in the background: measure this batch now
+                pending, batch = batch, []
+            if not pending and not batch:
+                if stop or room <= 0:
+                    break
+                continue  # every proposal was pruned or a duplicate: propose again
+            for trial, config, fut in pending:
+                err = fut.result() if fut is not None else ""
                 m = Measurement(False, math.inf, err) if err else measure_fn(
                     template, problem, config, gpu, seed=settings.seed + trial.number)
                 _tell(study, trial, m, True)
                 ran.append(trial.number)
                 if on_trial is not None:
                     on_trial(_result(db, template, problem, gpu, fields.key, state, ran, ""))
+            pending = batch
     finally:
         if pool is not None:
             pool.shutdown()

@@ -56,6 +56,23 @@ def test_the_default_is_the_first_trial_of_a_fresh_study(db_url):
     assert len(counted) == 4
 
 
+def test_compile_pool_pipeline_keeps_the_budget_and_tells_every_trial(db_url):
+    """With compile workers, the next batch compiles while this one is timed: the budget holds exactly,
+    failures are still recorded, nothing is left RUNNING and no config is measured twice."""
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=7, sampler="random", seed=2, compile_workers=2))
+    assert r.stop == "budget" and r.measured == 7
+    key = key_fields(VECADD, P, INTERPRETER).key
+    assert not db.trials(key, (TrialState.RUNNING,))
+    counted = [t for t in _finished(db) if t.user_attrs["counted"]]
+    assert len(counted) == 7 and len({str(t.user_attrs["config"]) for t in counted}) == 7
+    assert counted[0].user_attrs["config"] == VECADD.default(P, INTERPRETER)
+    for t in counted:
+        broken = t.user_attrs["config"]["BLOCK"] == 48 or t.user_attrs["config"]["TAIL"] == 0
+        assert (t.state == TrialState.FAIL) == broken
+    assert r.best_us == min(t.value for t in counted if t.state == TrialState.COMPLETE)
+
+
 def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_invalid(db_url):
     db = TuningDB(db_url)
     r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=1000, sampler="grid"))
