@@ -16,6 +16,7 @@ exactly `template.space.names`. The runtime calls `launch` the same way, with bu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -88,10 +89,14 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newlin
                           trim_blocks=True, lstrip_blocks=True)
 
 
+@functools.cache
+def _compiled(file: str) -> jinja2.Template:
+    return _ENV.from_string((resources.files("ds4c.kernel_templates") / file).read_text())
+
+
 def render(file: str, **holes: object) -> str:
-    """Fill the named holes of a template file of this package."""
-    text = (resources.files("ds4c.kernel_templates") / file).read_text()
-    return _ENV.from_string(text).render(**holes)
+    """Fill the named holes of a template file of this package (each file is parsed once per process)."""
+    return _compiled(file).render(**holes)
 
 
 def problem_key(problem: Problem) -> str:
