@@ -10,6 +10,7 @@ are non-persistent buffers. `entry_point(model, "decode")` gives an nn.Module to
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -221,6 +222,20 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
+@contextlib.contextmanager
+def _without_random_init(skip: bool):
+    """Construct Linear and Embedding layers without their random initialisation when skip: meta tensors
+    hold no values to initialise, and initialising them costs more than the rest of the construction."""
+    saved = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)} if skip else {}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+
+
 class Llama(nn.Module):
     """Inference-only Llama/Mistral/Qwen2 with a static KV cache. Parameters do not require grad."""
 
@@ -229,7 +244,7 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.max_seq_len = max_seq_len or min(config.max_position_embeddings, 4096)
-        with torch.device(device):
+        with torch.device(device), _without_random_init(torch.device(device).type == "meta"):
             self.model = Decoder(config, self.max_seq_len)
             if not config.tie_word_embeddings:
                 self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -192,3 +192,16 @@ def test_from_hf_transformers5_rope_parameters():
     d = {k: v for k, v in HF_CONFIGS["llama-3.2-1b"].items() if k not in ("rope_theta", "rope_scaling")}
     d["rope_parameters"] = {"rope_theta": 500000.0, **HF_CONFIGS["llama-3.2-1b"]["rope_scaling"]}
     assert LlamaConfig.from_hf(d) == BUILTIN["llama-3.2-1b"]
+
+
+def test_meta_build_skips_random_init_and_restores_it():
+    """On the meta device the layers are built without their random init (nothing to initialise); the
+    classes' own init is back afterwards, so a model built on the CPU is initialised as usual."""
+    linear_init, embedding_init = torch.nn.Linear.reset_parameters, torch.nn.Embedding.reset_parameters
+    meta = Llama(BUILTIN["tiny-llama"], max_seq_len=16, device="meta")
+    assert meta.model.layers[0].self_attn.q_proj.weight.is_meta
+    assert torch.nn.Linear.reset_parameters is linear_init
+    assert torch.nn.Embedding.reset_parameters is embedding_init
+    cpu = Llama(BUILTIN["tiny-llama"], max_seq_len=16)
+    w = cpu.model.layers[0].self_attn.q_proj.weight
+    assert w.std() > 0 and cpu.model.embed_tokens.weight.std() > 0
