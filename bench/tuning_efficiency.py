@@ -173,6 +173,8 @@ def run_shape(name, tname, problem, gpu, args, pool) -> dict:
         "optuna_trials_to_3pct": per_seed,
         "optuna_median_trials_to_3pct": statistics.median(reached) if len(reached) == len(per_seed) else None,
         "optuna_mode": "replay of the exhaustive timing table (tuner unchanged, measure step looked up)",
+        # every timed config and its median (null: failed), so heuristic defaults can be fitted to the data
+        "table": [[json.loads(k), m.us if m.ok else None] for k, m in table.items()],
         "live": {"trials": live.measured, "best_us": live.best_us, "best_config": live.best_config,
                  "trials_to_3pct": trials_to_within(ldb, live.key, target), "wall_s": live_wall,
                  "stop": live.stop},
