@@ -66,7 +66,8 @@ def make_chooser(options: Options, gpu: GpuInfo | None = None) -> Chooser:
 
 def interpreter_config(t, problem: dict, gpu: GpuInfo) -> dict:
     """Under the Triton interpreter the cost is per program, not per byte: take the valid config with the
-    largest tiles (fewest programs), up to a million elements a tile."""
+    largest tiles (fewest programs), up to a million elements a tile. Triton configs only (IMPL 0): the CPU
+    runs are there to exercise the generated kernels."""
 
     def size(c: dict) -> int:
         n = 1
@@ -78,7 +79,7 @@ def interpreter_config(t, problem: dict, gpu: GpuInfo) -> dict:
     best, best_size = t.default(problem, gpu), 0
     for c in t.space.grid():
         s = size(c)
-        if best_size < s <= 1 << 20 and t.valid(c, problem, gpu):
+        if best_size < s <= 1 << 20 and c.get("IMPL", 0) == 0 and t.valid(c, problem, gpu):
             best, best_size = c, s
     return best
 

@@ -19,8 +19,9 @@ SPACE = SearchSpace((
     ("num_stages", (1, 2, 3, 4, 5)),
     ("IMPL", (0, 1)),  # 0: the Triton tiles above; 1: the vendor BLAS (kernel_templates/_blas.py)
 ))
-# IMPL=1 ignores the tile parameters: its one valid config carries these values for them.
-BLAS = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 1, "num_warps": 4, "num_stages": 1, "IMPL": 1}
+# IMPL=1 ignores the tile parameters: its one valid config carries these values for them (common ones, so
+# that sub-grids of the space hold it too).
+BLAS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2, "IMPL": 1}
 
 _ACC_REGS = 128  # fp32 accumulator registers per thread we allow (128x256 tiles on 8 warps use 128)
 
