@@ -125,6 +125,17 @@ def check_safetensors(p: Path) -> dict[str, dict]:
     return tensors
 
 
+def _checked_shards(path: str | Path):
+    """(shard file, its header entries) for every shard, each header checked and holding what the index
+    promises it holds."""
+    for shard, promised in _shard_files(path).items():
+        entries = check_safetensors(shard)
+        missing_here = sorted(set(promised or ()) - set(entries))
+        if missing_here:
+            raise Ds4cError(f"tensor(s) named in the index are missing: {', '.join(missing_here[:5])}", shard)
+        yield shard, entries
+
+
 def load_weights(path: str | Path, dtype: torch.dtype | None = None,
                  device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, checked by name and shape against its config, keyed like Llama's state dict.
@@ -136,11 +147,7 @@ def load_weights(path: str | Path, dtype: torch.dtype | None = None,
     want = expected_shapes(config)
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}
-    for shard, promised in _shard_files(path).items():
-        entries = check_safetensors(shard)
-        missing_here = sorted(set(promised or ()) - set(entries))
-        if missing_here:
-            raise Ds4cError(f"tensor(s) named in the index are missing: {', '.join(missing_here[:5])}", shard)
+    for shard, _ in _checked_shards(path):
         try:
             with safe_open(str(shard), framework="pt", device=str(device)) as f:
                 for name in f.keys():
@@ -165,11 +172,7 @@ def check_checkpoint(path: str | Path) -> LlamaConfig:
     config = load_config(path)
     found: dict[str, torch.Tensor] = {}  # meta tensors: shapes only
     where: dict[str, Path] = {}
-    for shard, promised in _shard_files(path).items():
-        entries = check_safetensors(shard)
-        missing_here = sorted(set(promised or ()) - set(entries))
-        if missing_here:
-            raise Ds4cError(f"tensor(s) named in the index are missing: {', '.join(missing_here[:5])}", shard)
+    for shard, entries in _checked_shards(path):
         for name, entry in entries.items():
             if name in found:
                 raise Ds4cError(f"tensor {name!r} also in {where[name].name}", shard)
