@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ds4c.ir import Graph, Op, Ref, add_node, bump, op_of, ordered, replace_uses, set_op, users
+from ds4c.ir import Graph, Op, Ref, add_node, bump, op_of, ordered, out_type, replace_uses, set_op, users
 
 from .cleanup import copy_graph, eliminate_dead_code
 from .match import sole_user, target_of
@@ -108,17 +108,13 @@ def fuse_rope(g: Graph) -> Graph:
 INDEX_COPY_ = "aten.index_copy_.default"
 
 
-def _type(g: Graph, ref: Ref):
-    return op_of(g, ref.node).outputs[ref.index]
-
-
 def _cache_write(g: Graph, name: str):
     """(cache, pos, src) when name is index_copy_(cache [B, H, S, D], 2, pos [T], src [B, H, T, D])."""
     op = op_of(g, name)
     if op.target != INDEX_COPY_ or len(op.args) != 4 or not all(isinstance(op.args[i], Ref) for i in (0, 2, 3)):
         return None
     cache, dim, pos, src = op.args
-    ct, st, pt = _type(g, cache), _type(g, src), _type(g, pos)
+    ct, st, pt = out_type(g, cache), out_type(g, src), out_type(g, pos)
     if len(ct.shape) != 4 or dim not in (2, -2) or len(pt.shape) != 1 or pt.dtype not in (torch.int64, torch.int32):
         return None
     if st.shape != ct.shape[:2] + (pt.shape[0], ct.shape[3]) or st.dtype != ct.dtype:
@@ -150,8 +146,9 @@ def _rope_kv_match(g: Graph, ck: str):
         return None
     rq, _, _ = m = found.pop()
     pq, pk = op_of(g, rq).problem, rk_op.problem
-    if any(pq[k] != pk[k] for k in ("B", "T", "D", "dtype", "cos_dtype")) or _type(g, kc).dtype != _type(
-            g, rk_op.args[0]).dtype:
+    if any(pq[k] != pk[k] for k in ("B", "T", "D", "dtype", "cos_dtype")):
+        return None
+    if out_type(g, kc).dtype != out_type(g, rk_op.args[0]).dtype:
         return None
     return m
 
@@ -179,12 +176,12 @@ def fuse_rope_kv_write(g: Graph) -> Graph:
         before = min([g.nodes[u]["order"] for u in readers] + [float("inf")])
         if after >= before or any(g.nodes[u]["order"] > after for u in old_readers):
             continue  # no place in the order where every input is ready and no reader is passed over
-        pk, ct = op_of(g, rk).problem, _type(g, kc)
+        pk, ct = op_of(g, rk).problem, out_type(g, kc)
         problem = {"B": pk["B"], "Hq": op_of(g, rq).problem["H"], "Hkv": pk["H"], "T": pk["T"], "D": pk["D"],
                    "S_max": ct.shape[2], "dtype": pk["dtype"], "cos_dtype": pk["cos_dtype"]}
-        op = Op("kernel:rope_kv", args=args, outputs=(op_of(g, rq).outputs[0], ct, _type(g, vc)), problem=problem,
-                fused=op_of(g, rq).fused + op_of(g, rk).fused + (INDEX_COPY_, INDEX_COPY_), group="rope+kv_write",
-                writes=2)
+        op = Op("kernel:rope_kv", args=args, outputs=(op_of(g, rq).outputs[0], ct, out_type(g, vc)),
+                problem=problem, fused=op_of(g, rq).fused + op_of(g, rk).fused + (INDEX_COPY_, INDEX_COPY_),
+                group="rope+kv_write", writes=2)
         order = (after + before) / 2 if before != float("inf") else after + 1.0
         node = add_node(g, f"{rk}_kv", op, order)
         replace_uses(g, Ref(rq), Ref(node, 0))
