@@ -262,8 +262,9 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
                 continue  # every proposal was pruned or a duplicate: propose again
             for trial, config, fut in pending:
                 err = fut.result() if fut is not None else ""
+                # one input seed per problem: measure() then makes the inputs and reference once for all
                 m = Measurement(False, math.inf, err) if err else measure_fn(
-                    template, problem, config, gpu, seed=settings.seed + trial.number)
+                    template, problem, config, gpu, seed=settings.seed)
                 _tell(study, trial, m, True)
                 ran.append(trial.number)
                 if on_trial is not None:
