@@ -10,6 +10,7 @@ from types import ModuleType
 import torch
 
 from .executor import Executable
+from .graphs import capture
 from .loader import load_file, load_source
 from .plan import Plan, PlanError
 from .weights import concat_views, derive
@@ -98,16 +99,8 @@ class LLMRunner:
         warm-up writes this step's own k/v into the cache, which the replay writes again identically."""
         tok_s = token.to(self.device).clone()
         pos_s = pos.to(self.device).clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._decode(tok_s, pos_s)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._decode(tok_s, pos_s)[0]
-        self._graph, self._static = graph, (tok_s, pos_s, out)
+        graph, outs = capture(lambda: self._decode(tok_s, pos_s), warmup=2)
+        self._graph, self._static = graph, (tok_s, pos_s, outs[0])
 
     @torch.no_grad()
     def generate(self, ids: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:

@@ -19,6 +19,7 @@ import torch
 from ds4c.device import GpuInfo, default_device
 from ds4c.kernel_templates.base import Config, Problem, Template
 from ds4c.precision import TOLERANCE, rel_error
+from ds4c.runtime.graphs import capture
 from ds4c.runtime.loader import load_source
 from ds4c.tuning_db.key import canonical_json
 
@@ -185,17 +186,12 @@ def _time_graph(launch, n_sets: int, device: torch.device) -> float:
     """Record GRAPH_LAUNCHES launches (whole rounds over the input sets) in one CUDA graph, replay it until
     GRAPH_MS of GPU time or GRAPH_REPLAYS replays, and return the median replay time per launch (us)."""
     n = n_sets * max(1, -(-GRAPH_LAUNCHES // n_sets))
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for i in range(n_sets):  # load the module and touch every set outside the capture
-            launch(i)
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+
+    def launches() -> None:
         for i in range(n):
             launch(i)
+
+    graph, _ = capture(launches)
     graph.replay()
     torch.cuda.synchronize(device)
     times: list[float] = []

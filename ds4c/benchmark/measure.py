@@ -209,12 +209,6 @@ def guarded(fn):
 
 def graph_replay(fn):
     """fn recorded as a CUDA graph (after one warm-up run on a side stream); returns the replay callable."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
+    from ds4c.runtime.graphs import capture
+
+    return capture(fn)[0].replay
