@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import triton
 from triton.testing import do_bench
 
 from ds4c.benchmark.measure import graph_replay, guarded
+from ds4c.benchmark.record import git_commit
 from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
@@ -173,7 +173,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     gpu = current_gpu()
     copy_gbs = measure_copy_gb_s(torch.device("cuda"))
     record = {

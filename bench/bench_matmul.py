@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import torch
 import triton
 import triton.testing
 
+from ds4c.benchmark.record import git_commit
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
@@ -31,15 +31,6 @@ SHAPES = [("qkv", 6144, 4096, False), ("o", 4096, 4096, False), ("gate_up", 1433
           ("down", 4096, 14336, False), ("head", 128256, 4096, False)]
 ROWS = (1, 2048)
 SWIGLU = ("mul", ("silu", "acc"), "acc2")
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, check=False)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def _torch_fn(p: dict, ins: list):
@@ -126,7 +117,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     rows = [bench_one(n, N, K, d, int(M), args, gen) for M in args.rows.split(",") for n, N, K, d in SHAPES]
     record = {"kind": "matmul", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": triton.__version__, "commit": _commit(), "timer": args.timer, "rows": rows}
+              "triton": triton.__version__, "commit": git_commit(), "timer": args.timer, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

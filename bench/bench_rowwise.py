@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import triton
 from triton.testing import do_bench
 
 from ds4c.benchmark.measure import graph_replay, guarded
+from ds4c.benchmark.record import git_commit
 from ds4c.benchmark.roofline import measure_copy_gb_s
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import get
@@ -118,13 +118,6 @@ def bench_case(name, tname, p, eager, copy_gbs: float, sweep: bool) -> dict:
     return rec
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -137,7 +130,7 @@ def main() -> None:
     copy_gbs = measure_copy_gb_s(torch.device("cuda"))
     only = {s for s in args.only.split(",") if s}
     record = {
-        "kind": "rowwise_kernels", "date": stamp, "commit": _commit(), "gpu": torch.cuda.get_device_name(),
+        "kind": "rowwise_kernels", "date": stamp, "commit": git_commit(), "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
         "command": " ".join(sys.argv), "ceilings": {"copy_gb_s": copy_gbs},
         "cases": {name: guarded(lambda n=name, tn=tn, p=p, e=e: bench_case(n, tn, p, e, copy_gbs, args.sweep))

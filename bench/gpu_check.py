@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -20,20 +18,12 @@ from pathlib import Path
 import torch
 import triton
 
+from ds4c.benchmark.record import git_commit
 from ds4c.compiler import Options
 from ds4c.llm import compile_llm
 from ds4c.models.configs import BUILTIN
 from ds4c.models.llama import Llama, reset_cache
 from ds4c.precision import rel_error
-
-
-def _commit() -> str:
-    if os.environ.get("DS4C_COMMIT"):
-        return os.environ["DS4C_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def pytest_counts(log: str) -> dict:
@@ -153,7 +143,7 @@ def main() -> None:
     a = ap.parse_args()
     device = torch.device("cuda")
     rec = {"kind": "gpu-check", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-           "commit": _commit(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "commit": git_commit(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "command": " ".join(sys.argv), "models": {}}
     if a.pytest_log and Path(a.pytest_log).exists():
         rec["tests"] = pytest_counts(Path(a.pytest_log).read_text().strip())

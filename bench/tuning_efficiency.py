@@ -88,10 +88,6 @@ SUBSPACES = {
 }
 
 
-def _commit() -> str:
-    return git_commit(Path(__file__).resolve().parent)
-
-
 def exhaustive(template, problem, gpu, configs, pool) -> tuple[dict, float]:
     """{config json: Measurement} over configs, and the wall seconds it took (compile + check + time)."""
     t0 = time.perf_counter()
@@ -198,7 +194,7 @@ def main() -> None:
     only = args.only.split(",")
     shapes = [s for s in SHAPES if any(o in s[0] or o == s[1] for o in only)]
     record = {"kind": "tuning-efficiency", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "commit": _commit(), "gpu": gpu.name, "torch": torch.__version__, "triton": triton.__version__,
+              "commit": git_commit(), "gpu": gpu.name, "torch": torch.__version__, "triton": triton.__version__,
               "shapes": []}
     with ProcessPoolExecutor(args.compile_workers, mp_context=get_context("spawn")) as pool:
         for name, tname, problem in shapes:

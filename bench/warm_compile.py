@@ -32,10 +32,6 @@ from ds4c.benchmark.record import git_commit
 from ds4c.device import current_gpu
 
 
-def _commit() -> str:
-    return git_commit(Path(__file__).resolve().parent)
-
-
 def ds4c(args: list[str], env: dict) -> tuple[float, str]:
     """(wall seconds, output) of one ds4c command; raises with its output when it fails."""
     t0 = time.perf_counter()
@@ -86,7 +82,7 @@ def main() -> None:
     env = {**os.environ, "DS4C_CACHE_DIR": str(work / "cache")}
     common = [args.config, "--prefill-len", str(args.prefill_len), "--max-seq-len", str(args.max_seq_len)]
     record = {"kind": "warm-compile", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "commit": _commit(), "gpu": current_gpu().name, "torch": torch.__version__,
+              "commit": git_commit(), "gpu": current_gpu().name, "torch": torch.__version__,
               "triton": triton.__version__, "config": args.config, "prefill_len": args.prefill_len,
               "max_seq_len": args.max_seq_len}
     if args.tune_trials:
