@@ -115,10 +115,19 @@ def search(template, problem, gpu, settings, measure_fn=None) -> tuple[object, T
     return tune(template, problem, db, gpu, settings, measure_fn=measure_fn), db
 
 
+@dataclasses.dataclass(frozen=True)
+class _InSpace:
+    """A validity predicate restricted to a sub-grid; a module-level class so compile workers can unpickle it."""
+    space: SearchSpace
+    valid: object
+
+    def __call__(self, c, p, g) -> bool:
+        return self.space.contains(c) and self.valid(c, p, g)
+
+
 def on_subspace(template, space: SearchSpace):
     """template searching only space (a sub-grid of its own space), for the exhaustive pass and Optuna."""
-    return dataclasses.replace(template, space=space,
-                               valid=lambda c, p, g: space.contains(c) and template.valid(c, p, g))
+    return dataclasses.replace(template, space=space, valid=_InSpace(space, template.valid))
 
 
 def run_shape(name, tname, problem, gpu, args, pool) -> dict:
