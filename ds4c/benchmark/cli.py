@@ -130,9 +130,16 @@ def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warm
     console = Console(stderr=True, quiet=quiet)
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     display = _Display(names, console)
+    target = Path(out) if out else None
+
+    def save(rec: dict) -> Path:  # the same file, rewritten after each engine and at the end
+        nonlocal target
+        target = target or default_path(rec, Path(results_dir))
+        return write_record(rec, target)
+
     with display.progress:
-        rec = run_bench(spec, device, command=command, phase=display)
-    path = write_record(rec, Path(out) if out else default_path(rec, Path(results_dir)))
+        rec = run_bench(spec, device, command=command, phase=display, partial=save)
+    path = save(rec)
     console.print(summary_table(rec))
     for name, e in rec["engines"].items():
         for line in ([e["error"]] if e["error"] else []) + [n for n in e["notes"] if "unavailable" in n]:

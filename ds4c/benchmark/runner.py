@@ -220,8 +220,10 @@ def _failed(err: BaseException) -> EngineResult:
 
 
 def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
-              phase: Callable[[str, str], None] = lambda engine, what: None) -> dict:
-    """Run the whole benchmark and return the record (a dict; see record.py)."""
+              phase: Callable[[str, str], None] = lambda engine, what: None,
+              partial: Callable[[dict], None] = lambda record: None) -> dict:
+    """Run the whole benchmark and return the record (a dict; see record.py). After each engine but the
+    last, partial gets the record of the engines done so far, so a run cut short still leaves its figures."""
     for name in spec.engines:
         if name not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINE_NAMES)}")
@@ -243,6 +245,23 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
     results: dict[str, EngineResult] = {}
     errs: dict[str, float | None] = {}
     greedy: dict[str, list[int] | None] = {}
+
+    def assemble() -> dict:
+        match = None
+        if spec.checkpoint and greedy.get("eager") is not None:
+            match = {n: (g == greedy["eager"]) if g is not None else None for n, g in greedy.items()}
+        workload = Workload(config=spec.checkpoint or spec.config, prompt_len=spec.prompt_len,
+                            decode_len=spec.decode_len, max_seq_len=model.max_seq_len,
+                            weights="checkpoint" if spec.checkpoint else "random(std=0.02)")
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        return make_record(
+            workload=workload, gpu=gpu, driver=measure.driver_version(), command=command,
+            ceilings={"hbm_gb_s": ceil.hbm_gb_s, "bf16_tflops": ceil.bf16_tflops}, roofline=floors,
+            engines=results, logits_err=errs, greedy_equal_eager=match,
+            extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats, "seed": spec.seed,
+                                "launch_steps": spec.launch_steps, "tune_trials": spec.build.tune_trials,
+                                "db": spec.build.db}})
+
     for name in spec.engines:
         try:
             m = bench_engine(name, model, spec, inputs, device, floors, lambda what, n=name: phase(n, what))
@@ -254,18 +273,6 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
             errs[name] = None
         measure.free_memory(device)
         phase(name, "done")
-
-    match = None
-    if spec.checkpoint and greedy.get("eager") is not None:
-        match = {n: (g == greedy["eager"]) if g is not None else None for n, g in greedy.items()}
-    workload = Workload(config=spec.checkpoint or spec.config, prompt_len=spec.prompt_len,
-                        decode_len=spec.decode_len, max_seq_len=model.max_seq_len,
-                        weights="checkpoint" if spec.checkpoint else "random(std=0.02)")
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return make_record(
-        workload=workload, gpu=gpu, driver=measure.driver_version(), command=command,
-        ceilings={"hbm_gb_s": ceil.hbm_gb_s, "bf16_tflops": ceil.bf16_tflops}, roofline=floors,
-        engines=results, logits_err=errs, greedy_equal_eager=match,
-        extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats, "seed": spec.seed,
-                            "launch_steps": spec.launch_steps, "tune_trials": spec.build.tune_trials,
-                            "db": spec.build.db}})
+        if name != spec.engines[-1]:
+            partial(assemble())
+    return assemble()
