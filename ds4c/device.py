@@ -45,6 +45,11 @@ class GpuInfo:
 INTERPRETER = GpuInfo("triton-interpreter", (0, 0), sm_count=4, smem_per_block=1 << 30,
                       regs_per_sm=1 << 30, l2_bytes=50 * 1024 * 1024)
 
+# The H200 as torch reports it: to plan for it, test its validity rules, or replay its timing records on a
+# machine without one.
+H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
+               l2_bytes=60 * 1024 * 1024)
+
 
 @cache
 def _cuda_info(index: int) -> GpuInfo:

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from ds4c.device import INTERPRETER, GpuInfo
+from ds4c.device import H200, INTERPRETER
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import dtype_of
 from ds4c.kernel_templates.rope import rope_tables
@@ -17,8 +17,6 @@ from ds4c.precision import assert_close
 from ds4c.runtime.loader import load_source
 
 TEMPLATE = get("rope")
-H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
-               l2_bytes=60 * 1024 * 1024)
 
 # (B, H, T, D, dtype, cos_dtype)
 CASES = [

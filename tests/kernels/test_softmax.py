@@ -8,15 +8,13 @@ import random
 import pytest
 import torch
 
-from ds4c.device import INTERPRETER, GpuInfo
+from ds4c.device import H200, INTERPRETER
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import dtype_of
 from ds4c.precision import assert_close
 from ds4c.runtime.loader import load_source
 
 TEMPLATE = get("softmax")
-H200 = GpuInfo("NVIDIA H200", (9, 0), sm_count=132, smem_per_block=232448, regs_per_sm=65536,
-               l2_bytes=60 * 1024 * 1024)
 
 # (rows, cols, dtype, scale)
 CASES = [

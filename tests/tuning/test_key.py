@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vecadd_template import VECADD
 
-from ds4c.device import INTERPRETER, GpuInfo
+from ds4c.device import H200, INTERPRETER
 from ds4c.tuning_db.key import KeyFields, key_fields, tuning_key
 
 problems = st.dictionaries(st.text("abcdefgMNKT_", min_size=1, max_size=6),
@@ -58,7 +58,7 @@ def test_fields_round_trip_and_gpu_and_template_text_matter():
     p = {"n": 5, "dtype": "float32"}
     f = key_fields(VECADD, p, INTERPRETER)
     assert KeyFields.from_json(f.to_json()) == f
-    other_gpu = GpuInfo("NVIDIA H200", (9, 0), 132, 232448, 65536, 62914560)
+    other_gpu = H200
     assert key_fields(VECADD, p, other_gpu).key != f.key
     # the scale hole changes the rendered source, so its hash and the key
     assert key_fields(VECADD, {**p, "scale": 2.0}, INTERPRETER).source_hash != f.source_hash
