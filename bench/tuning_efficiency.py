@@ -13,6 +13,8 @@ seeds of the number of measured trials Optuna needed to get within 3% of the exh
 
     python bench/tuning_efficiency.py --out bench/results/tuning-efficiency-h200.json [--seeds 5]
         [--live-trials 64] [--only gemv] [--limit 0] [--full-space]
+    python bench/tuning_efficiency.py --replay RECORD --where IMPL=0 --out ...   (no GPU: replay a record's
+        tables, e.g. the Triton tiles alone)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 import triton
 
 from ds4c.benchmark.record import git_commit
-from ds4c.device import current_gpu
+from ds4c.device import H200, current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import SearchSpace
@@ -130,6 +132,23 @@ def on_subspace(template, space: SearchSpace):
     return dataclasses.replace(template, space=space, valid=_InSpace(space, template.valid))
 
 
+def replay_search(template, problem, gpu, table: dict, seeds: int, sampler: str, target: float) -> list:
+    """Per seed, the measured trials the tuner (unchanged) needs to come within target, when its measure
+    step looks the time up in table instead of launching; the search covers exactly the configs in table."""
+
+    def replay(t, p, c, g, **kw) -> Measurement:
+        return table.get(canonical_json(c), Measurement(False, math.inf, "not in the exhaustive table"))
+
+    timed = dataclasses.replace(template, valid=lambda c, p, g: canonical_json(c) in table)
+    per_seed = []
+    for seed in range(seeds):
+        settings = TuneSettings(trials=len(table), sampler=sampler, seed=seed, compile_workers=0,
+                                target_us=target)
+        r, db = search(timed, problem, gpu, settings, replay)
+        per_seed.append(trials_to_within(db, r.key, target))
+    return per_seed
+
+
 def run_shape(name, tname, problem, gpu, args, pool) -> dict:
     template = get(tname)
     full = template.space
@@ -147,18 +166,7 @@ def run_shape(name, tname, problem, gpu, args, pool) -> dict:
     default = template.default(problem, gpu)
     dm = measure(template, problem, default, gpu)
     target = best * 1.03
-
-    def replay(t, p, c, g, **kw) -> Measurement:
-        return table.get(canonical_json(c), Measurement(False, math.inf, "not in the exhaustive table"))
-
-    # the replay searches exactly the timed configs (all valid ones, or the first --limit of them)
-    timed = dataclasses.replace(template, valid=lambda c, p, g: canonical_json(c) in table)
-    per_seed = []
-    for seed in range(args.seeds):
-        settings = TuneSettings(trials=len(configs), sampler=args.sampler, seed=seed, compile_workers=0,
-                                target_us=target)
-        r, db = search(timed, problem, gpu, settings, replay)
-        per_seed.append(trials_to_within(db, r.key, target))
+    per_seed = replay_search(template, problem, gpu, table, args.seeds, args.sampler, target)
     log(f"{name}: replays done, trials to within 3%: {per_seed}")
     t0 = time.perf_counter()
     live, ldb = search(template, problem, gpu, TuneSettings(trials=args.live_trials, sampler=args.sampler,
@@ -186,6 +194,60 @@ def run_shape(name, tname, problem, gpu, args, pool) -> dict:
     }
 
 
+# GPUs whose records can be replayed here (validity rules and defaults depend on the GPU's facts)
+KNOWN_GPUS = {H200.name: H200}
+
+
+def _where(text: str) -> dict:
+    """'IMPL=0,num_warps=4' -> {'IMPL': 0, 'num_warps': 4}"""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        out[name.strip()] = int(value)
+    return out
+
+
+def replay_record(path: Path, where: dict, seeds: int, sampler: str) -> dict:
+    """Re-run the Optuna replay over a record's timing tables, restricted to the configs matching where
+    (no GPU needed: the times are the ones measured on the record's GPU)."""
+    src = json.loads(path.read_text())
+    gpu = KNOWN_GPUS.get(src["gpu"])
+    if gpu is None:
+        raise SystemExit(f"cannot replay a record of {src['gpu']!r}: known GPUs are {', '.join(KNOWN_GPUS)}")
+    record = {"kind": "tuning-efficiency", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "commit": git_commit(), "gpu": src["gpu"], "torch": src["torch"], "triton": src["triton"],
+              "replay_of": {"record": path.name, "commit": src["commit"], "where": where}, "shapes": []}
+    for row in src["shapes"]:
+        if not row.get("table"):
+            continue
+        template = get(row["template"])
+        if isinstance(row.get("space"), dict):
+            sub = SearchSpace(tuple((k, tuple(v)) for k, v in row["space"]["sub_grid"].items()))
+            template = on_subspace(template, sub)
+        table = {canonical_json(c): Measurement(True, us) if us is not None else
+                 Measurement(False, math.inf, "failed on the device")
+                 for c, us in row["table"] if all(c.get(k) == v for k, v in where.items())}
+        ok = {k: m.us for k, m in table.items() if m.ok}
+        if not ok:
+            continue
+        best_key = min(ok, key=ok.get)
+        problem = row["problem"]
+        per_seed = replay_search(template, problem, gpu, table, seeds, sampler, ok[best_key] * 1.03)
+        log(f"{row['name']} where {where}: {len(table)} configs, trials to within 3%: {per_seed}")
+        default = canonical_json(template.default(problem, gpu))
+        reached = [n for n in per_seed if n is not None]
+        record["shapes"].append({
+            "name": row["name"], "template": row["template"], "problem": problem, "where": where,
+            "exhaustive_trials": len(table), "exhaustive_best_us": ok[best_key],
+            "exhaustive_best_config": json.loads(best_key),
+            "default_us": ok.get(default), "default_in_table": default in table,
+            "seeds": seeds, "sampler": sampler, "optuna_trials_to_3pct": per_seed,
+            "optuna_median_trials_to_3pct": statistics.median(reached) if len(reached) == len(per_seed) else None,
+            "optuna_mode": "offline replay of the record's timing table, restricted to the configs matching "
+                           "where (tuner unchanged, measure step looked up)"})
+    return record
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -198,7 +260,15 @@ def main() -> None:
     ap.add_argument("--full-space", action="store_true",
                     help="search the templates' whole spaces, also where SUBSPACES names a sub-grid")
     ap.add_argument("--compile-workers", type=int, default=8)
+    ap.add_argument("--replay", type=Path, metavar="RECORD",
+                    help="no GPU: replay the Optuna search over RECORD's timing tables instead of measuring")
+    ap.add_argument("--where", default="", help="with --replay: only configs matching, e.g. IMPL=0")
     args = ap.parse_args()
+    if args.replay:
+        record = replay_record(args.replay, _where(args.where), args.seeds, args.sampler)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1, default=str))
+        return
     gpu = current_gpu()
     only = args.only.split(",")
     shapes = [s for s in SHAPES if any(o in s[0] or o == s[1] for o in only)]
