@@ -180,9 +180,13 @@ def test_runner_tiny_llama_eager(monkeypatch):
     spec = BenchSpec(config="tiny-llama", prompt_len=random.randint(9, 24), decode_len=3, warmup=1,
                      repeats=3, engines=("eager", "ds4c", "inductor-max-autotune", "inductor"),
                      seed=random.randint(0, 999), ceiling_sizes=TINY_CEILINGS)
-    phases = []
-    rec = run_bench(spec, CPU, command="test", phase=lambda e, w: phases.append((e, w)))
+    phases, partials = [], []
+    rec = run_bench(spec, CPU, command="test", phase=lambda e, w: phases.append((e, w)),
+                    partial=lambda r: partials.append((list(r["engines"]), check_record(r))))
     check_record(rec)
+    # after each engine but the last, a valid record of the engines done so far
+    assert [names for names, _ in partials] == [["eager"], ["eager", "ds4c"],
+                                                ["eager", "ds4c", "inductor-max-autotune"]]
     json.dumps(rec, allow_nan=False)
     e = rec["engines"]["eager"]
     assert 0 < e["ttft_ms_p10"] <= e["ttft_ms"] <= e["ttft_ms_p90"]
