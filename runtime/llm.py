@@ -1,16 +1,18 @@
 """Run a compiled decoder-only LLM plan: a prefill graph (fixed prompt bucket, right-padded) and a decode
-graph (one token; replayed as one CUDA graph on GPUs). The KV cache is plan state shared by both.
+graph (one token). On GPUs each is recorded once as a CUDA graph and replayed, so no step costs host time.
+The KV cache is plan state shared by both.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from .executor import Executable
-from .graphs import capture
+from .graphs import Replay
 from .loader import load_file, load_source
 from .plan import Plan, PlanError
 from .weights import concat_views, derive
@@ -67,8 +69,7 @@ class LLMRunner:
         self._prefill = Executable(plan.graphs["prefill"], kernels, plan.kernels, values, device)
         self._decode = Executable(plan.graphs["decode"], kernels, plan.kernels, values, device)
         self.use_graph = cuda_graph and device.type == "cuda"
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._static: tuple | None = None
+        self._replays: dict[str, Replay | None] = {}  # by graph; None: it could not be recorded
 
     def reset(self) -> None:
         for name, spec in self.plan.state.items():
@@ -76,31 +77,33 @@ class LLMRunner:
                 self.state[name].zero_()
 
     def prefill(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Logits [1, vocab] at position last; on a GPU they stay valid until the next prefill."""
         t = tokens.shape[1]
         if t > self.prefill_len:
             raise ValueError(f"prompt of {t} tokens is longer than the compiled bucket {self.prefill_len}")
         if t < self.prefill_len:
             tokens = torch.nn.functional.pad(tokens, (0, self.prefill_len - t))
-        return self._prefill(tokens.to(self.device), last.to(self.device))[0]
+        return self._run("prefill", self._prefill, tokens.to(self.device), last.to(self.device))
 
     def decode(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        if not self.use_graph:
-            return self._decode(token.to(self.device), pos.to(self.device))[0]
-        if self._graph is None:
-            self._capture(token, pos)
-        tok_s, pos_s, out_s = self._static
-        tok_s.copy_(token)
-        pos_s.copy_(pos)
-        self._graph.replay()
-        return out_s
+        """Logits [1, vocab] after token at pos; on a GPU they stay valid until the next decode."""
+        return self._run("decode", self._decode, token.to(self.device), pos.to(self.device))
 
-    def _capture(self, token: torch.Tensor, pos: torch.Tensor) -> None:
-        """Warm up (loads and compiles every kernel) and record one decode step as a CUDA graph. The
-        warm-up writes this step's own k/v into the cache, which the replay writes again identically."""
-        tok_s = token.to(self.device).clone()
-        pos_s = pos.to(self.device).clone()
-        graph, outs = capture(lambda: self._decode(tok_s, pos_s), warmup=2)
-        self._graph, self._static = graph, (tok_s, pos_s, outs[0])
+    def _run(self, name: str, exe: Executable, *inputs: torch.Tensor) -> torch.Tensor:
+        """The first call on a GPU warms up (loads and compiles every kernel) and records the graph; its
+        warm-up runs write the KV cache entries of this very call, which the replay writes again identically.
+        A graph that cannot be recorded (a kernel that syncs with the host) runs step by step, with a warning."""
+        if not self.use_graph or self._replays.get(name, True) is None:
+            return exe(*inputs)[0]
+        if name not in self._replays:
+            try:
+                self._replays[name] = Replay(exe, *inputs)
+            except RuntimeError as e:
+                warnings.warn(f"ds4c: the {name} graph runs step by step: recording it as a CUDA graph "
+                              f"failed ({e})", RuntimeWarning, stacklevel=3)
+                self._replays[name] = None
+                return exe(*inputs)[0]
+        return self._replays[name](*inputs)[0]
 
     @torch.no_grad()
     def generate(self, ids: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:

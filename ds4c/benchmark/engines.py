@@ -5,8 +5,8 @@
 
 Engines: "eager" (the model's own methods), "inductor" (torch.compile default for prefill,
 mode="reduce-overhead" for decode), "inductor-max-autotune" (mode="max-autotune" for both; CUDA graphs)
-and "ds4c" (ds4c.llm.compile_llm; decode is one CUDA graph replay). Outputs may live in a CUDA graph's
-memory pool: a caller that keeps logits past the next call must clone them.
+and "ds4c" (ds4c.llm.compile_llm; prefill and decode each one CUDA graph replay). Outputs may live in a CUDA
+graph's memory pool: a caller that keeps logits past the next call must clone them.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ def _ds4c(model, prompt_len: int, opts: BuildOptions) -> Engine:
         raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
     options = Options(db_url=opts.db, tune_trials=opts.tune_trials or 0)
     compiled = compile_llm(model, prefill_len=prompt_len, options=options)
-    return Engine("ds4c", compiled.prefill, compiled.decode,
-                  {"prefill": "ds4c plan", "decode": "ds4c plan, one CUDA graph replay"}, handle=compiled)
+    replay = "ds4c plan, one CUDA graph replay"
+    return Engine("ds4c", compiled.prefill, compiled.decode, {"prefill": replay, "decode": replay},
+                  handle=compiled)
 
 
 BUILDERS: dict[str, Callable[..., Engine]] = {

@@ -2,6 +2,7 @@
 number of times per layer, the IR stays valid after each pass, and prefill plus decode steps equal eager."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -101,3 +102,53 @@ def test_qwen2_style_qkv_biases(device):
     assert_close(compiled.prefill(tokens, last).cpu(), reference.prefill(tokens, last).cpu(), torch.float32)
     tok, pos = torch.randint(0, CFG.vocab_size, (1, 1), device=device), torch.tensor([8], device=device)
     assert_close(compiled.decode(tok, pos).cpu(), reference.decode(tok, pos).cpu(), torch.float32)
+
+
+class _FakeReplay:
+    """Stands in for runtime.graphs.Replay where there is no CUDA: records how often each graph is recorded
+    and runs fn on static copies of the inputs, as a replay does."""
+
+    recorded: list = []
+
+    def __init__(self, fn, *inputs, warmup=2):
+        self.fn, self.inputs = fn, tuple(x.clone() for x in inputs)
+        _FakeReplay.recorded.append(len(inputs))
+
+    def __call__(self, *inputs):
+        for s, x in zip(self.inputs, inputs, strict=True):
+            s.copy_(x)
+        return self.fn(*self.inputs)
+
+
+class _BrokenReplay:
+    def __init__(self, fn, *inputs, warmup=2):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("replay", [_FakeReplay, _BrokenReplay])
+def test_runner_records_prefill_and_decode_once(monkeypatch, replay):
+    """Each of the two graphs is recorded on its first call and replayed after; one that cannot be recorded
+    runs step by step with a warning, giving the same logits."""
+    import ds4c.runtime.llm as rl
+
+    monkeypatch.setattr(rl, "Replay", replay)
+    _FakeReplay.recorded = []
+    model = _model(torch.float32)
+    reference = copy.deepcopy(model)
+    compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
+    compiled.runner.use_graph = True
+    tokens = torch.randint(0, CFG.vocab_size, (1, 8))
+    last = torch.tensor([7])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = compiled.prefill(tokens, last)
+        assert_close(got, reference.prefill(tokens, last), torch.float32, "prefill")
+        for pos in (8, 9, 10):
+            tok = torch.randint(0, CFG.vocab_size, (1, 1))
+            p = torch.tensor([pos])
+            assert_close(compiled.decode(tok, p), reference.decode(tok, p), torch.float32, f"decode at {pos}")
+    fallbacks = [str(w.message) for w in caught if "step by step" in str(w.message)]
+    assert len(fallbacks) == (0 if replay is _FakeReplay else 2)  # once per graph, not once per call
+    assert _FakeReplay.recorded == ([2, 2] if replay is _FakeReplay else [])
+    assert set(compiled.runner._replays) == {"prefill", "decode"}
+
