@@ -4,17 +4,19 @@ the study in the tuning database keeps every trial.
 Sits between kernel_templates (spaces, validity, references) and the database. Each parameter is an index
 into its candidate list (`suggest_int`), so TPE and CMA-ES see tile sizes as ordered. A proposal the
 template's `valid` predicate rejects is told PRUNED at once (nothing compiles; it does not count against
-the trial budget); a proposal already measured in the study reuses that result without counting. Budgets
-(trials, seconds, patience) are read from the study, so every process sharing it stops together. The
-template's heuristic default is the first trial of a fresh study, so a tuned entry is never slower than the
-default by the tuner's own measure, however small the budget. On a GPU a pool of processes compiles the next
-batch of proposals while this process times the current one.
+the trial budget); a proposal already measured in the study reuses that result without counting. After a
+run of such proposals the tuner queues a random unmeasured valid config, so sparse spaces still make
+progress. Budgets (trials, seconds, patience) are read from the study, so every process sharing it stops
+together. The template's heuristic default is the first trial of a fresh study, so a tuned entry is never
+slower than the default by the tuner's own measure, however small the budget. On a GPU a pool of processes
+compiles the next batch of proposals while this process times the current one.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -132,6 +134,12 @@ def study_state(study: optuna.Study) -> _State:
     return _State(n, len(seen), best, since, seen)
 
 
+# After this many proposals in a row that the template rejects or that repeat a measured config, the next
+# trial is a random valid config nobody has measured: where valid configs are a small part of the space (or
+# the sampler has converged) the search still makes progress, and the sampler learns from the result.
+WASTED_PROPOSALS = 16
+
+
 def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, attempts: int) -> str:
     if s.measured >= settings.trials:
         return "budget"
@@ -148,14 +156,22 @@ def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, att
     return ""
 
 
-def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], state: _State) -> None:
-    """The exhaustive search: queue the first valid config nobody has measured or is measuring."""
+def _unseen(study: optuna.Study, valid: list[Config], state: _State) -> list[Config]:
+    """Valid configs nobody has measured, is measuring or has queued."""
     running = {canonical_json(t.user_attrs.get("config"))
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
-    for c in valid:
-        if canonical_json(c) not in state.seen and canonical_json(c) not in running:
-            study.enqueue_trial({n: list(v).index(c[n]) for n, v in template.space.params})
-            return
+    return [c for c in valid if canonical_json(c) not in state.seen and canonical_json(c) not in running]
+
+
+def _enqueue(study: optuna.Study, template: Template, config: Config) -> None:
+    study.enqueue_trial({n: list(v).index(config[n]) for n, v in template.space.params})
+
+
+def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], state: _State) -> None:
+    """The exhaustive search: queue the first valid config nobody has measured or is measuring."""
+    unseen = _unseen(study, valid, state)
+    if unseen:
+        _enqueue(study, template, unseen[0])
 
 
 def _enqueue_default(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo) -> None:
@@ -167,7 +183,7 @@ def _enqueue_default(study: optuna.Study, template: Template, problem: Problem, 
     except ValueError:
         return
     if template.space.contains(c) and template.valid(c, problem, gpu):
-        study.enqueue_trial({n: list(v).index(c[n]) for n, v in template.space.params})
+        _enqueue(study, template, c)
 
 
 def _propose(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo, settings: TuneSettings,
@@ -229,7 +245,8 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     valid = valid_configs(template, problem, gpu)
     if settings.sampler not in ("grid", "exhaustive"):
         _enqueue_default(study, template, problem, gpu)
-    t0, attempts, ran, stop = time.monotonic(), 0, [], "no-valid-config"
+    t0, attempts, wasted, ran, stop = time.monotonic(), 0, 0, [], "no-valid-config"
+    rng = random.Random(settings.seed + 1000 * worker)
     nproc = _compile_workers(settings)
     pool = ProcessPoolExecutor(nproc, mp_context=_spawn()) if nproc > 0 and valid else None
     # Pipelined: the pool compiles the next batch of proposals while this process times the current one.
@@ -250,8 +267,16 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
                     attempts += 1
                     proposed = _propose(study, template, problem, gpu, settings, valid, state, in_flight)
                     if proposed is not None:
+                        wasted = 0
                         batch.append(proposed)
                         in_flight.add(canonical_json(proposed[1]))
+                        continue
+                    wasted += 1
+                    if wasted >= WASTED_PROPOSALS:  # the sampler is stuck: give it a random unseen config
+                        wasted = 0
+                        unseen = [c for c in _unseen(study, valid, state) if canonical_json(c) not in in_flight]
+                        if unseen:
+                            _enqueue(study, template, rng.choice(unseen))
                 batch = [(t, c, pool.submit(precompile, template, problem, c) if pool else None)
                          for t, c in batch]
             if pool is None:  # nothing compiles in the background: measure this batch now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -15,6 +16,7 @@ from ds4c.errors import Ds4cError
 from ds4c.tuning_db import key as keymod
 from ds4c.tuning_db.db import STUDY_PREFIX, TuningDB, default_url
 from ds4c.tuning_db.key import KeyFields, key_fields
+from ds4c.tuning_db.measure import Measurement
 from ds4c.tuning_db.portable import distributions, export_entries, import_entries, params_of
 from ds4c.tuning_db.tuner import TuneSettings, study_state, tune, valid_configs
 from ds4c.tuning_db.workers import tune_problems
@@ -97,6 +99,23 @@ def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
     assert pruned and all(not VECADD.valid(t.user_attrs["config"], P, INTERPRETER) for t in pruned)
     assert all(t.user_attrs["reason"].startswith("invalid") for t in pruned)
     assert len(seen) == 12 and all(VECADD.valid(c, P, INTERPRETER) for c in seen)
+
+
+def test_a_stuck_sampler_still_measures_every_valid_config(db_url, monkeypatch):
+    """A sampler that proposes only an invalid config (as TPE does in spirit where valid configs are sparse)
+    gets random unmeasured valid configs queued, instead of running into the attempts cap."""
+    from ds4c.tuning_db import tuner
+
+    invalid = {"BLOCK": 16, "TAIL": 1, "num_warps": 4}
+    assert not VECADD.valid(invalid, P, INTERPRETER)
+    stuck = {n: list(v).index(invalid[n]) for n, v in VECADD.space.params}
+    monkeypatch.setattr(tuner, "make_sampler", lambda *a, **k: optuna.samplers.PartialFixedSampler(
+        stuck, optuna.samplers.RandomSampler(seed=0)))
+    wanted = [c for c in valid_configs(VECADD, P, INTERPRETER) if c["BLOCK"] == 64]
+    sparse = dataclasses.replace(VECADD, valid=lambda c, p, g: c in wanted)
+    r = tune(sparse, P, TuningDB(db_url), INTERPRETER, TuneSettings(trials=50, sampler="tpe", seed=3),
+             measure_fn=lambda t, p, c, g, **kw: Measurement(True, 1.0 + c["num_warps"] + c["TAIL"]))
+    assert r.stop == "exhausted" and r.measured == len(wanted)
 
 
 def test_patience_stops_early(db_url):
