@@ -58,8 +58,10 @@ def tune_command(problems_from: Callable[[str, int, int], list[tuple[str, dict]]
     @click.option("--patience", type=int, default=None, help="stop a problem after N trials without gain")
     @click.option("--sampler", type=click.Choice(SAMPLERS), default="tpe", show_default=True)
     @click.option("--seed", default=0, show_default=True)
+    @click.option("--only", default="", metavar="TEMPLATES",
+                  help="tune only kernels of these templates (comma-separated, e.g. gemv,decode_attention)")
     def tune(model, max_tokens, max_seq_len, url, db_fallback, workers, trials, seconds, patience, sampler,
-             seed):
+             seed, only):
         """Tune the kernels of MODEL into the tuning database."""
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
@@ -69,6 +71,13 @@ def tune_command(problems_from: Callable[[str, int, int], list[tuple[str, dict]]
             items = problems_from(model, max_tokens, max_seq_len)
         except Ds4cError as e:
             raise click.ClickException(str(e)) from None
+        if only:
+            wanted = {t.strip() for t in only.split(",") if t.strip()}
+            names = {getattr(t, "name", t) for t, _ in items}  # items hold templates or their names
+            if wanted - names:
+                raise click.BadParameter(f"{', '.join(sorted(wanted - names))}: no kernel of {model} uses it; "
+                                         f"its templates are {', '.join(sorted(names))}", param_hint="--only")
+            items = [(t, p) for t, p in items if getattr(t, "name", t) in wanted]
         db = open_db(url, db_fallback)
         settings = TuneSettings(trials=trials, seconds=seconds, patience=patience, sampler=sampler, seed=seed)
         with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

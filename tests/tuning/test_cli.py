@@ -48,6 +48,19 @@ def test_tune_then_every_db_command(tmp_path):
     assert runner.invoke(db, ["--db", third, "ls"]).output.strip() == ""
 
 
+def test_tune_only_some_templates(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    items = [(VECADD, P), ("rmsnorm", {"rows": 4, "cols": 8})]  # templates or their names
+    tune = tune_command(lambda model, max_tokens, max_seq_len: items)
+    runner = CliRunner()
+    out = runner.invoke(tune, ["tiny", "--db", url, "--trials", "2", "--only", "vecadd_test"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count(" trials ") == 1 and "vecadd_test" in out.output and "rmsnorm" not in out.output
+    bad = runner.invoke(tune, ["tiny", "--db", url, "--only", "vecadd_test,gemv"])
+    assert bad.exit_code != 0 and "gemv: no kernel of tiny uses it" in bad.output
+    assert "rmsnorm, vecadd_test" in bad.output
+
+
 def test_unreachable_db_is_one_line_and_fallback_works(tmp_path):
     db = make_db_group(resolve)
     runner = CliRunner()
