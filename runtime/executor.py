@@ -71,8 +71,10 @@ class Executable:
     """One graph of a plan bound to a device, kernel modules and the state/weights it reads."""
 
     def __init__(self, gp: GraphPlan, kernels: dict[str, ModuleType], kernel_info: dict[str, Kernel],
-                 values: dict[str, torch.Tensor], device: torch.device):
-        self.gp, self.device, self.values = gp, device, values
+                 values: dict[str, torch.Tensor], device: torch.device, pdl: bool = False):
+        """pdl: kernels whose module says SUPPORTS_PDL launch as programmatic dependent launches (Hopper+):
+        each may start while its predecessor finishes, and waits for the predecessor's writes in-kernel."""
+        self.gp, self.device, self.values, self.pdl = gp, device, values, pdl
         self.arena = torch.empty(max(gp.arena_bytes, 1), dtype=torch.uint8, device=device)
         self.buffers: dict[str, tuple] = {}
         for b in gp.buffers:
@@ -106,6 +108,8 @@ class Executable:
                 raise PlanError(f"step launches unknown kernel {s.fn}")
             launch = kernels[s.fn].launch
             const_kw = {**{k: d({}) for k, d in kwargs.items()}, **kernel_info[s.fn].config}
+            if self.pdl and getattr(kernels[s.fn], "SUPPORTS_PDL", False):
+                const_kw["pdl"] = True
             bufs = [self.buffers[o] for o in outs]
             device = self.device
 

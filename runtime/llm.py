@@ -5,6 +5,7 @@ The KV cache is plan state shared by both.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -49,15 +50,22 @@ def load_kernels(plan: Plan, plan_dir: str | Path | None = None,
     return mods
 
 
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch needs a CUDA device of compute capability 9.0 or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 class LLMRunner:
     """prefill(tokens [1,T], last [1]) and decode(token [1,1], pos [1]) -> logits [1, vocab]."""
 
     def __init__(self, plan: Plan, kernels: dict[str, ModuleType], weights: dict[str, torch.Tensor],
                  saved_state: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True,
-                 state: dict[str, torch.Tensor] | None = None):
+                 state: dict[str, torch.Tensor] | None = None, pdl: bool | None = None):
         """weights: by parameter name. Those that are parts of a derived concatenation are replaced by
         views into it (self.weights says which tensors the runner uses), so no bytes are held twice.
-        state: existing buffers (by role, "buffer:<name>") to use as the plan's zero-initialised state."""
+        state: existing buffers (by role, "buffer:<name>") to use as the plan's zero-initialised state.
+        pdl: decode kernels launch as programmatic dependent launches (Hopper+ GPUs only; experimental,
+        default off; None reads DS4C_PDL=1 from the environment)."""
         self.plan, self.device = plan, device
         derived = derive(plan.derived, weights)
         self.weights = {**weights, **concat_views(plan.derived, weights, derived)}
@@ -67,7 +75,8 @@ class LLMRunner:
         values.update(self.state)
         self.prefill_len = int(plan.meta["prefill_len"])
         self._prefill = Executable(plan.graphs["prefill"], kernels, plan.kernels, values, device)
-        self._decode = Executable(plan.graphs["decode"], kernels, plan.kernels, values, device)
+        self.pdl = pdl_supported(device) and (os.environ.get("DS4C_PDL") == "1" if pdl is None else pdl)
+        self._decode = Executable(plan.graphs["decode"], kernels, plan.kernels, values, device, pdl=self.pdl)
         self.use_graph = cuda_graph and device.type == "cuda"
         self._replays: dict[str, Replay | None] = {}  # by graph; None: it could not be recorded
 

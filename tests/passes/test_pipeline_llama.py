@@ -152,3 +152,33 @@ def test_runner_records_prefill_and_decode_once(monkeypatch, replay):
     assert _FakeReplay.recorded == ([2, 2] if replay is _FakeReplay else [])
     assert set(compiled.runner._replays) == {"prefill", "decode"}
 
+
+
+def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch):
+    """With pdl on, the executor adds pdl=True to launches of modules that say SUPPORTS_PDL, and to no other;
+    off (the default, and always off a Hopper GPU) nothing changes."""
+    from ds4c.runtime.executor import Executable
+    from ds4c.runtime.llm import load_kernels, pdl_supported
+
+    assert not pdl_supported(torch.device("cpu"))
+    model = _model(torch.float32)
+    compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
+    runner = compiled.runner
+    seen = {}
+    kernels = {}
+    modules = load_kernels(compiled.plan, sources=compiled.sources)
+    plain = sorted(modules)[0]  # stands in for a kernel without PDL support
+    for kid, mod in modules.items():
+        def spy(*a, _kid=kid, _launch=mod.launch, **kw):
+            seen.setdefault(_kid, kw.get("pdl"))
+            return _launch(*a, **{k: v for k, v in kw.items() if k != "pdl"})
+
+        kernels[kid] = type("Spy", (), {"launch": staticmethod(spy),
+                                        "SUPPORTS_PDL": kid != plain and getattr(mod, "SUPPORTS_PDL", False)})
+    plan = compiled.plan
+    exe = Executable(plan.graphs["decode"], kernels, plan.kernels, runner._decode.values, torch.device("cpu"),
+                     pdl=True)
+    exe(torch.tensor([[3]]), torch.tensor([8]))
+    supports = {kid: kernels[kid].SUPPORTS_PDL for kid in seen}
+    assert any(supports.values()) and not all(supports.values())
+    assert all(seen[kid] is (True if supports[kid] else None) for kid in seen)
