@@ -59,9 +59,9 @@ class CompiledLLM:
     runner: LLMRunner | None = None
 
     def bind(self, weights: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True,
-             state: dict[str, torch.Tensor] | None = None) -> LLMRunner:
+             state: dict[str, torch.Tensor] | None = None, pdl: bool | None = None) -> LLMRunner:
         kernels = load_kernels(self.plan, sources=self.sources)
-        self.runner = LLMRunner(self.plan, kernels, weights, self.saved_state, device, cuda_graph, state)
+        self.runner = LLMRunner(self.plan, kernels, weights, self.saved_state, device, cuda_graph, state, pdl)
         return self.runner
 
     def prefill(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -95,8 +95,10 @@ def _state(model: Llama, graphs: dict[str, Graph]) -> tuple[dict, dict[str, torc
 
 
 def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = None,
-                bind: bool = True, cuda_graph: bool = True, meta: dict | None = None) -> CompiledLLM:
-    """Capture, optimise and lower both graphs; with bind, ready to run on the model's own weights."""
+                bind: bool = True, cuda_graph: bool = True, meta: dict | None = None,
+                pdl: bool | None = None) -> CompiledLLM:
+    """Capture, optimise and lower both graphs; with bind, ready to run on the model's own weights.
+    pdl: decode with programmatic dependent launches (see runtime.llm.LLMRunner; None: $DS4C_PDL)."""
     options = options or Options()
     t0 = time.perf_counter()
     choose = make_chooser(options, current_gpu())
@@ -110,7 +112,7 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
         rep["configs"] = dict(Counter(k.config_source for k in plan.kernels.values()))
         compiled = CompiledLLM(plan, sources, saved, rep, time.perf_counter() - t0)
         log.info("ds4c: plan from the compile cache (%s) in %.2f s", key, compiled.compile_s)
-        return _bind(compiled, model, bind, cuda_graph)
+        return _bind(compiled, model, bind, cuda_graph, pdl)
     graphs = capture_llm(model, prefill_len)
     table = KernelTable({}, {})
     optimized, plans = {}, {}
@@ -129,10 +131,10 @@ def compile_llm(model: Llama, *, prefill_len: int, options: Options | None = Non
         compile_cache.store(key, plan, table.sources, saved)
     plan = dataclasses.replace(plan, meta={**plan.meta, **(meta or {})})
     compiled = CompiledLLM(plan, table.sources, saved, rep, time.perf_counter() - t0)
-    return _bind(compiled, model, bind, cuda_graph)
+    return _bind(compiled, model, bind, cuda_graph, pdl)
 
 
-def _bind(compiled: CompiledLLM, model: Llama, bind: bool, cuda_graph: bool) -> CompiledLLM:
+def _bind(compiled: CompiledLLM, model: Llama, bind: bool, cuda_graph: bool, pdl: bool | None) -> CompiledLLM:
     """Run on the model's own tensors: its parameters, and its KV cache as the plan's state. Parameters the
     plan concatenates (QKV) become views into the concatenation, in the model too, so the weights are held
     once; their values do not change."""
@@ -141,7 +143,7 @@ def _bind(compiled: CompiledLLM, model: Llama, bind: bool, cuda_graph: bool) -> 
     params = dict(model.named_parameters())
     weights = {k: p.detach() for k, p in params.items()}
     state = {f"buffer:{k}": b for k, b in model.named_buffers()}
-    runner = compiled.bind(weights, model.rope_cos.device, cuda_graph, state)
+    runner = compiled.bind(weights, model.rope_cos.device, cuda_graph, state, pdl)
     with torch.no_grad():
         for k, t in runner.weights.items():
             if t.data_ptr() != params[k].data_ptr():

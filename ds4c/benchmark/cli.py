@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ds4c.benchmark.engines import ENGINE_NAMES, BuildOptions
+from ds4c.benchmark.engines import BUILDERS, ENGINE_NAMES, BuildOptions
 
 PHASES = ("compile (cold)", "compile (warm)", "warm-up", "prefill", "decode", "launches", "done")
 ROWS = (  # (label, record key in the engine dict, format)
@@ -95,7 +95,8 @@ class _Display:
 @click.option("--decode-len", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--max-seq-len", type=click.IntRange(2), help="KV cache length (default: next power of 2).")
 @click.option("--engines", default=None,
-              help=f"Comma-separated subset of {','.join(ENGINE_NAMES)} (default: all; eager only on a CPU).")
+              help=f"Comma-separated subset of {','.join(BUILDERS)} (default: {','.join(ENGINE_NAMES)}; eager "
+                   "only on a CPU).")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True)
@@ -120,10 +121,10 @@ def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warm
         names = ENGINE_NAMES if device.type == "cuda" else ("eager",)
     else:
         names = tuple(n.strip() for n in engines.split(",") if n.strip())
-        bad = [n for n in names if n not in ENGINE_NAMES]
+        bad = [n for n in names if n not in BUILDERS]
         if bad:
             raise click.BadParameter(f"unknown engine(s) {', '.join(bad)}; choose from "
-                                     f"{', '.join(ENGINE_NAMES)}", param_hint="--engines")
+                                     f"{', '.join(BUILDERS)}", param_hint="--engines")
     spec = BenchSpec(config=config, checkpoint=checkpoint, prompt_len=prompt_len, decode_len=decode_len,
                      max_seq_len=max_seq_len, engines=names, warmup=warmup, repeats=repeats, seed=seed,
                      warm_compile=not no_warm_compile, build=BuildOptions(tune_trials=tune_trials, db=db))

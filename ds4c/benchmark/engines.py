@@ -62,17 +62,22 @@ def _max_autotune(model, prompt_len: int, opts: BuildOptions) -> Engine:
                   {"prefill": "torch.compile mode=max-autotune", "decode": "torch.compile mode=max-autotune"})
 
 
-def _ds4c(model, prompt_len: int, opts: BuildOptions) -> Engine:
+def _ds4c(model, prompt_len: int, opts: BuildOptions, pdl: bool = False) -> Engine:
     try:
         from ds4c.compiler import Options
         from ds4c.llm import compile_llm
     except Exception as e:  # a broken import: the run goes on without it
         raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
     options = Options(db_url=opts.db, tune_trials=opts.tune_trials or 0)
-    compiled = compile_llm(model, prefill_len=prompt_len, options=options)
-    replay = "ds4c plan, one CUDA graph replay"
-    return Engine("ds4c", compiled.prefill, compiled.decode, {"prefill": replay, "decode": replay},
-                  handle=compiled)
+    compiled = compile_llm(model, prefill_len=prompt_len, options=options, pdl=pdl)
+    replay = "ds4c plan, " + ("one CUDA graph replay" if compiled.runner.use_graph else "step by step")
+    decode = replay + (", programmatic dependent launches" if compiled.runner.pdl else "")
+    return Engine("ds4c-pdl" if pdl else "ds4c", compiled.prefill, compiled.decode,
+                  {"prefill": replay, "decode": decode}, handle=compiled)
+
+
+def _ds4c_pdl(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    return _ds4c(model, prompt_len, opts, pdl=True)
 
 
 BUILDERS: dict[str, Callable[..., Engine]] = {
@@ -80,13 +85,14 @@ BUILDERS: dict[str, Callable[..., Engine]] = {
     "inductor": _inductor,
     "inductor-max-autotune": _max_autotune,
     "ds4c": _ds4c,
+    "ds4c-pdl": _ds4c_pdl,  # experimental, only when asked for: decode with programmatic dependent launches
 }
-ENGINE_NAMES: tuple[str, ...] = tuple(BUILDERS)
+ENGINE_NAMES: tuple[str, ...] = ("eager", "inductor", "inductor-max-autotune", "ds4c")  # the default run
 INDUCTOR_ENGINES: tuple[str, ...] = ("inductor", "inductor-max-autotune")
 
 
 def build(name: str, model, prompt_len: int, opts: BuildOptions) -> Engine:
     """Build engine `name` over model (raises EngineUnavailable, or whatever compilation raises)."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINE_NAMES)}")
+        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(BUILDERS)}")
     return BUILDERS[name](model, prompt_len, opts)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ds4c.benchmark import measure, roofline
-from ds4c.benchmark.engines import ENGINE_NAMES, BuildOptions, Engine, EngineUnavailable, build
+from ds4c.benchmark.engines import BUILDERS, ENGINE_NAMES, BuildOptions, Engine, EngineUnavailable, build
 from ds4c.benchmark.record import EngineResult, Workload, make_record
 from ds4c.precision import rel_error
 
@@ -225,8 +225,8 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
     """Run the whole benchmark and return the record (a dict; see record.py). After each engine but the
     last, partial gets the record of the engines done so far, so a run cut short still leaves its figures."""
     for name in spec.engines:
-        if name not in ENGINE_NAMES:
-            raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINE_NAMES)}")
+        if name not in BUILDERS:
+            raise ValueError(f"unknown engine {name!r}; choose from {', '.join(BUILDERS)}")
     phase("setup", "model")
     cfg, model = make_model(spec, device)
     shape = roofline.shape_of(cfg)

@@ -218,3 +218,19 @@ def test_cli_writes_record(tmp_path):
     assert rec["engines"]["eager"]["compile_s_warm"] is None
     bad = CliRunner().invoke(bench, ["--engines", "eager,tvm", "--out", str(out)])
     assert bad.exit_code != 0 and "tvm" in bad.output
+
+
+def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
+    """ds4c-pdl is the ds4c engine with programmatic dependent launches (plain launches off Hopper GPUs); the
+    default engine list does not hold it."""
+    out = tmp_path / "pdl.json"
+    res = CliRunner().invoke(bench, ["--config", "tiny-llama", "--prompt-len", "8", "--decode-len", "2",
+                                     "--warmup", "0", "--repeats", "1", "--no-warm-compile", "--quiet",
+                                     "--engines", "eager,ds4c-pdl", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())
+    e = rec["engines"]["ds4c-pdl"]
+    assert e["error"] is None and e["decode_tok_s"] > 0
+    assert e["modes"]["decode"] == "ds4c plan, step by step"  # a CPU: no graph, no PDL
+    assert rec["logits_rel_err_vs_fp32"]["ds4c-pdl"] <= 1.5 * rec["logits_rel_err_vs_fp32"]["eager"] + 1e-3
+    assert "ds4c-pdl" not in engines.ENGINE_NAMES and "ds4c-pdl" in engines.BUILDERS
