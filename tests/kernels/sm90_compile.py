@@ -20,7 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from ds4c.kernel_templates import get
+from ds4c.kernel_templates import _blas, get
 from ds4c.runtime.loader import load_source
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -54,7 +54,7 @@ def compile_case(template: str, problem: dict, config: dict, extra: dict) -> lis
     t = get(template)
     mod = load_source(t.source(problem))
     launches = []
-    kernels = {n: v for n, v in vars(mod).items() if isinstance(v, JITFunction)}
+    kernels = {}
 
     class Recorder:
         def __init__(self, name: str):
@@ -63,10 +63,19 @@ def compile_case(template: str, problem: dict, config: dict, extra: dict) -> lis
         def __getitem__(self, grid):
             return lambda *a, **k: launches.append((self.name, a, k))
 
-    for name in kernels:
-        setattr(mod, name, Recorder(name))
-    outs, ins = t.make_inputs(problem, torch.device("cpu"), torch.Generator().manual_seed(0))
-    mod.launch(*outs, *ins, **t.launch_kwargs(problem), **config, **extra)
+    for owner in (mod, _blas):  # the generated module's kernels, and the vendor-BLAS path's epilogue kernel
+        for name, fn in list(vars(owner).items()):
+            if isinstance(fn, JITFunction):
+                kernels[name] = fn
+                setattr(owner, name, Recorder(name))
+    try:
+        outs, ins = t.make_inputs(problem, torch.device("cpu"), torch.Generator().manual_seed(0))
+        mod.launch(*outs, *ins, **t.launch_kwargs(problem), **config, **extra)
+    finally:
+        for name, fn in kernels.items():
+            for owner in (mod, _blas):
+                if isinstance(vars(owner).get(name), Recorder):
+                    setattr(owner, name, fn)
     out = []
     for name, args, kwargs in launches:
         fn = kernels[name]

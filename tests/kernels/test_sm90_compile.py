@@ -1,6 +1,7 @@
-"""The decode kernels with programmatic dependent launch compile for sm_90 (ahead of time, no GPU needed):
-the launch carries launch_pdl and the PTX waits on its predecessor (griddepcontrol.wait); without pdl,
-neither. On a Hopper GPU, tests/kernels/test_pdl.py runs them."""
+"""Kernels compile for sm_90 ahead of time, on a machine without a GPU (the interpreter cannot tell): the H200
+defaults of the templates at Llama-3.1-8B prefill and decode shapes, and the decode kernels with
+programmatic dependent launch, whose launch then carries launch_pdl and whose PTX waits on its predecessor
+(griddepcontrol.wait). On a Hopper GPU, tests/kernels/test_pdl.py runs the latter."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 from ds4c.device import H200
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
+from ds4c.kernel_templates.matmul import BLAS, tile_default
 
 HELPER = Path(__file__).with_name("sm90_compile.py")
 SWIGLU = ("mul", ("silu", "acc"), "acc2")
-CASES = [
+DECODE = [
     ("gemv", C.problem(1, 6144, 4096, "bfloat16", rms_eps=1e-5)),
     ("gemv", C.problem(1, 14336, 4096, "bfloat16", rms_eps=1e-5, dual=True, epilogue=SWIGLU)),
     ("gemv", C.problem(1, 4096, 14336, "bfloat16", n_extra=1, epilogue=("add", "e0", "acc"))),
@@ -27,8 +29,24 @@ CASES = [
 ]
 
 
-def _compile(pdl: bool) -> list:
-    cases = [[name, p, get(name).default(p, H200), {"pdl": pdl}] for name, p in CASES]
+def _attn(hq: int, hkv: int, t: int) -> dict:
+    return {"B": 1, "Hq": hq, "Hkv": hkv, "T": t, "S": t, "D": 128, "dtype": "bfloat16", "causal": True,
+            "scale": 128 ** -0.5}
+
+
+PREFILL = [  # (template, problem, config or None for the H200 default); matmul: the Triton tiles, not cuBLAS
+    ("matmul", C.problem(2048, 6144, 4096, "bfloat16"), tile_default(C.problem(2048, 6144, 4096), H200)),
+    ("matmul", C.problem(2048, 14336, 4096, "bfloat16", dual=True, epilogue=SWIGLU),
+     tile_default(C.problem(2048, 14336, 4096, dual=True, epilogue=SWIGLU), H200)),
+    ("matmul", C.problem(64, 256, 128, "bfloat16", dual=True, epilogue=SWIGLU), BLAS),  # its SwiGLU kernel
+    ("flash_attention", _attn(32, 8, 2048), None),
+    ("rmsnorm", {"rows": 2048, "cols": 4096, "dtype": "bfloat16", "w_dtype": "bfloat16", "eps": 1e-5,
+                 "residual": True}, None),
+    ("rope", {"B": 1, "H": 32, "T": 2048, "D": 128, "dtype": "bfloat16", "cos_dtype": "float32"}, None),
+]
+
+
+def _run(cases: list) -> list:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, str(HELPER)], input=json.dumps(cases), capture_output=True, text=True,
                        env=env, timeout=900)
@@ -36,9 +54,16 @@ def _compile(pdl: bool) -> list:
     return json.loads(r.stdout)
 
 
+def test_h200_defaults_compile_for_sm90_at_prefill_shapes():
+    cases = [[name, p, config or get(name).default(p, H200), {}] for name, p, config in PREFILL]
+    results = _run(cases)
+    assert [[k["kernel"] for k in r] for r in results][2] == ["_silu_mul"]
+    assert all(r and all(k["cubin_bytes"] > 0 for k in r) for r in results), results
+
+
 def test_decode_kernels_compile_for_sm90_with_and_without_pdl():
     for pdl in (True, False):
-        results = _compile(pdl)
+        results = _run([[name, p, get(name).default(p, H200), {"pdl": pdl}] for name, p in DECODE])
         assert [len(r) for r in results] == [1, 1, 1, 1, 2]  # decode attention: split and combine kernels
         for launches in results:
             for k in launches:
