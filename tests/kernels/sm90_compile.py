@@ -3,7 +3,8 @@
 Run without TRITON_INTERPRET: each case's module is launched with its Triton kernels replaced by recorders,
 and every recorded launch is compiled ahead of time with triton.compile for the target. Reads a JSON list
 of [template, problem, config, extra launch kwargs] on stdin; writes, per launch, the kernel name, whether
-its PTX holds each asked-for instruction, and its metadata's launch_pdl.
+whether its PTX waits on a predecessor, its metadata's launch_pdl and its shared memory in bytes (checked
+against the GPU only when a kernel loads, so callers compare it with the target's limit).
 
     python tests/kernels/sm90_compile.py < cases.json
 """
@@ -83,7 +84,8 @@ def compile_case(template: str, problem: dict, config: dict, extra: dict) -> lis
         options = {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS}
         c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET, options=options)
         out.append({"kernel": name, "launch_pdl": bool(c.metadata.launch_pdl),
-                    "gdc_wait": "griddepcontrol.wait" in c.asm["ptx"], "cubin_bytes": len(c.asm["cubin"])})
+                    "gdc_wait": "griddepcontrol.wait" in c.asm["ptx"], "cubin_bytes": len(c.asm["cubin"]),
+                    "shared": c.metadata.shared})
     return out
 
 

@@ -58,7 +58,8 @@ def test_h200_defaults_compile_for_sm90_at_prefill_shapes():
     cases = [[name, p, config or get(name).default(p, H200), {}] for name, p, config in PREFILL]
     results = _run(cases)
     assert [[k["kernel"] for k in r] for r in results][2] == ["_silu_mul"]
-    assert all(r and all(k["cubin_bytes"] > 0 for k in r) for r in results), results
+    assert all(r and all(k["cubin_bytes"] > 0 and k["shared"] <= H200.smem_per_block for k in r)
+               for r in results), results
 
 
 def test_decode_kernels_compile_for_sm90_with_and_without_pdl():
@@ -67,5 +68,5 @@ def test_decode_kernels_compile_for_sm90_with_and_without_pdl():
         assert [len(r) for r in results] == [1, 1, 1, 1, 2]  # decode attention: split and combine kernels
         for launches in results:
             for k in launches:
-                assert k["cubin_bytes"] > 0
+                assert k["cubin_bytes"] > 0 and k["shared"] <= H200.smem_per_block
                 assert k["launch_pdl"] is pdl and k["gdc_wait"] is pdl, k
