@@ -3,7 +3,7 @@
 Run without TRITON_INTERPRET: each case's module is launched with its Triton kernels replaced by recorders,
 and every recorded launch is compiled ahead of time with triton.compile for the target. Reads a JSON list
 of [template, problem, config, extra launch kwargs] on stdin; writes, per launch, the kernel name, whether
-whether its PTX waits on a predecessor, its metadata's launch_pdl and its shared memory in bytes (checked
+its PTX waits on a predecessor, its metadata's launch_pdl and its shared memory in bytes (checked
 against the GPU only when a kernel loads, so callers compare it with the target's limit).
 
     python tests/kernels/sm90_compile.py < cases.json
