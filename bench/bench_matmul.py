@@ -30,7 +30,6 @@ from ds4c.runtime.loader import load_source
 SHAPES = [("qkv", 6144, 4096, False), ("o", 4096, 4096, False), ("gate_up", 14336, 4096, True),
           ("down", 4096, 14336, False), ("head", 128256, 4096, False)]
 ROWS = (1, 2048)
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 
 
 def _torch_fn(p: dict, ins: list):
@@ -66,7 +65,7 @@ def _time(fn, timer: str) -> float:
 
 
 def bench_one(name: str, N: int, K: int, dual: bool, M: int, args, gen) -> dict:
-    p = C.problem(M, N, K, args.dtype, w_dtype=args.w_dtype, dual=dual, epilogue=SWIGLU if dual else "acc")
+    p = C.problem(M, N, K, args.dtype, w_dtype=args.w_dtype, dual=dual, epilogue=C.SWIGLU if dual else "acc")
     template = get("gemv" if M <= 16 else "matmul")
     config = template.default(p, current_gpu())
     outs, ins = template.make_inputs(p, torch.device("cuda"), gen)

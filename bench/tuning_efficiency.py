@@ -45,8 +45,6 @@ from ds4c.tuning_db.key import canonical_json
 from ds4c.tuning_db.measure import Measurement, measure, precompile
 from ds4c.tuning_db.tuner import FINISHED, TuneSettings, tune, valid_configs
 
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
-
 
 def _attn(hq: int, hkv: int, t: int) -> dict:
     return {"B": 1, "Hq": hq, "Hkv": hkv, "T": t, "S": t, "D": 128, "dtype": "bfloat16", "causal": True,
@@ -57,7 +55,7 @@ def _attn(hq: int, hkv: int, t: int) -> dict:
 # 18944 FFN, 28/4 heads, qkv bias) linear layers and attention.
 SHAPES = [
     ("llama8b-decode-qkv", "gemv", C.problem(1, 6144, 4096)),
-    ("llama8b-decode-gate_up", "gemv", C.problem(1, 14336, 4096, dual=True, epilogue=SWIGLU)),
+    ("llama8b-decode-gate_up", "gemv", C.problem(1, 14336, 4096, dual=True, epilogue=C.SWIGLU)),
     ("llama8b-decode-down", "gemv", C.problem(1, 4096, 14336)),
     ("qwen7b-decode-qkv", "gemv", C.problem(1, 4608, 3584, bias=True, epilogue=("add", "acc", "bias"))),
     ("qwen7b-decode-down", "gemv", C.problem(1, 3584, 18944)),

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ds4c.kernel_templates import expr as E
+from ds4c.kernel_templates._mm_common import SWIGLU
 
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 _SILU_MUL_BLOCK = 2048
 
 

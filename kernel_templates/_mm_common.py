@@ -27,6 +27,7 @@ from ds4c.kernel_templates.base import Problem, dtype_of, randn
 KEYS = ("M", "N", "K", "dtype", "w_dtype", "rms_eps", "dual", "bias", "n_extra", "epilogue")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
 W_DTYPES = ("same", "int8", "float8_e4m3fn")
+SWIGLU = ("mul", ("silu", "acc"), "acc2")  # the dual epilogue silu(x @ W.T) * (x @ W2.T)
 _TL = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}
 
 

@@ -15,7 +15,6 @@ from ds4c.precision import assert_close
 from ds4c.runtime.loader import load_source
 
 T = get("gemv")
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 
 
 def run(p, device, config=None, x_row_stride=None, seed=None):
@@ -41,12 +40,12 @@ def test_plain(M, N, K, dtype, device):
 
 HOLES = {
     "rms": dict(rms_eps=1e-5),
-    "dual_swiglu": dict(dual=True, epilogue=SWIGLU),
+    "dual_swiglu": dict(dual=True, epilogue=C.SWIGLU),
     "bias_gelu_tanh": dict(bias=True, epilogue=("gelu_tanh", ("add", "acc", "bias"))),
     "residual": dict(n_extra=1, epilogue=("add", "acc", "e0")),
     "int8": dict(w_dtype="int8"),
     "fp8": dict(w_dtype="float8_e4m3fn"),
-    "int8_rms_dual": dict(w_dtype="int8", rms_eps=1e-6, dual=True, epilogue=SWIGLU),
+    "int8_rms_dual": dict(w_dtype="int8", rms_eps=1e-6, dual=True, epilogue=C.SWIGLU),
     "fp8_everything": dict(w_dtype="float8_e4m3fn", rms_eps=1e-5, dual=True, bias=True, n_extra=2,
                            epilogue=("add", ("mul", ("silu", ("add", "acc", "bias")), "acc2"),
                                      ("sub", "e0", "e1"))),
@@ -113,7 +112,7 @@ def test_default_is_valid(gpu):
     for M in range(1, 17):
         for N, K, dual in LLAMA + [(7, 100, False), (1, 1, True), (257, 7, True)]:
             for dtype, w_dtype in (("bfloat16", "same"), ("float32", "int8"), ("float16", "float8_e4m3fn")):
-                epi = SWIGLU if dual else "acc"
+                epi = C.SWIGLU if dual else "acc"
                 p = C.problem(M, N, K, dtype, w_dtype=w_dtype, dual=dual, epilogue=epi)
                 c = T.default(p, gpu)
                 assert T.valid(c, p, gpu), (p, c)

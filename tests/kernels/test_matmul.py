@@ -17,7 +17,6 @@ from ds4c.runtime.loader import load_source
 
 T = get("matmul")
 BLAS = matmul_template.BLAS
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 
 
 def run(p, device, config=None, x_row_stride=None, extra_row_stride=None, seed=None):
@@ -55,13 +54,13 @@ def test_plain(M, N, K, dtype, device):
 
 HOLES = {
     "rms": dict(rms_eps=1e-5),
-    "dual_swiglu": dict(dual=True, epilogue=SWIGLU),
+    "dual_swiglu": dict(dual=True, epilogue=C.SWIGLU),
     "bias_gelu_tanh": dict(bias=True, epilogue=("gelu_tanh", ("add", "acc", "bias"))),
     "residual": dict(n_extra=1, epilogue=("add", "acc", "e0")),
     "two_extras": dict(n_extra=2, epilogue=("add", ("mul", "acc", "e1"), "e0")),
     "int8": dict(w_dtype="int8"),
     "fp8": dict(w_dtype="float8_e4m3fn"),
-    "int8_rms_dual": dict(w_dtype="int8", rms_eps=1e-6, dual=True, epilogue=SWIGLU),
+    "int8_rms_dual": dict(w_dtype="int8", rms_eps=1e-6, dual=True, epilogue=C.SWIGLU),
     "fp8_everything": dict(w_dtype="float8_e4m3fn", rms_eps=1e-5, dual=True, bias=True, n_extra=1,
                            epilogue=("add", ("mul", ("silu", ("add", "acc", "bias")), "acc2"), "e0")),
     "constant": dict(epilogue=("add", ("mul", "acc", 0.0), 1.5)),
@@ -122,7 +121,7 @@ def test_default_is_valid(gpu):
         for N, K, dual in LLAMA + [(7, 100, False), (1, 1, True), (257, 7, True)]:
             for dtype in ("float32", "bfloat16"):
                 for w_dtype in ("same", "int8"):
-                    epi = SWIGLU if dual else "acc"
+                    epi = C.SWIGLU if dual else "acc"
                     p = C.problem(M, N, K, dtype, w_dtype=w_dtype, dual=dual, epilogue=epi)
                     c = T.default(p, gpu)
                     assert T.valid(c, p, gpu), (p, c)
@@ -151,7 +150,7 @@ def test_space_contains_and_valid_prune():
     tile = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3,
             "IMPL": 0}
     assert T.valid(tile, p, H200)
-    assert not T.valid(tile, {**p, "dual": True, "epilogue": SWIGLU}, H200)
+    assert not T.valid(tile, {**p, "dual": True, "epilogue": C.SWIGLU}, H200)
     # tiles far larger than the problem
     skinny = C.problem(1, 4096, 4096)
     assert not T.valid({**tile, "num_warps": 4, "BLOCK_N": 16, "BLOCK_M": 128}, skinny, H200)
@@ -161,7 +160,7 @@ BLAS_EPILOGUES = {
     "plain": dict(),
     "bias": dict(bias=True, epilogue=("add", "acc", "bias")),
     "residual": dict(n_extra=1, epilogue=("add", "e0", "acc")),
-    "swiglu": dict(dual=True, epilogue=SWIGLU),
+    "swiglu": dict(dual=True, epilogue=C.SWIGLU),
     "general": dict(bias=True, n_extra=2, epilogue=("mul", ("gelu", ("add", "acc", "bias")), ("sub", "e0", "e1"))),
 }
 
@@ -193,7 +192,7 @@ def test_problem_checks():
         C.problem(4, 4, 4, "float64")
     with pytest.raises(ValueError):
         C.problem(4, 4, 4, n_extra=1, epilogue=("add", "acc", "e1"))
-    p = C.problem(4, 4, 4, dual=True, epilogue=SWIGLU)
+    p = C.problem(4, 4, 4, dual=True, epilogue=C.SWIGLU)
     assert T.source(p) == T.source({**p, "epilogue": ["mul", ["silu", "acc"], "acc2"]})  # JSON round trip
 
 
@@ -211,6 +210,6 @@ def test_launch_rejects_bad_arguments(device):
 
 
 def test_cost():
-    flops, nbytes = C.cost(C.problem(2, 3, 5, "bfloat16", w_dtype="int8", dual=True, epilogue=SWIGLU))
+    flops, nbytes = C.cost(C.problem(2, 3, 5, "bfloat16", w_dtype="int8", dual=True, epilogue=C.SWIGLU))
     assert flops == 2 * 2 * 3 * 5 * 2 + 2 * 3 * 2  # two dots, then mul and silu per output element
     assert nbytes == 2 * 5 * 2 + 2 * 3 * 5 * 1 + 2 * 3 * 4 + 2 * 3 * 2  # x, int8 W and W2, scales, out

@@ -15,10 +15,9 @@ from ds4c.runtime.graphs import capture
 from ds4c.runtime.llm import pdl_supported
 from ds4c.runtime.loader import load_source
 
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 PROBLEMS = [
     ("gemv", C.problem(1, 1000, 1536, "bfloat16", rms_eps=1e-5)),
-    ("gemv", C.problem(1, 768, 512, "bfloat16", dual=True, epilogue=SWIGLU)),
+    ("gemv", C.problem(1, 768, 512, "bfloat16", dual=True, epilogue=C.SWIGLU)),
     ("gemv", C.problem(1, 512, 1408, "bfloat16", n_extra=1, epilogue=("add", "e0", "acc"))),
     ("decode_attention", {"B": 1, "Hq": 8, "Hkv": 2, "S_max": 1024, "D": 128, "dtype": "bfloat16",
                           "scale": 128 ** -0.5}),

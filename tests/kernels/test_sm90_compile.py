@@ -17,10 +17,9 @@ from ds4c.kernel_templates import get
 from ds4c.kernel_templates.matmul import BLAS, tile_default
 
 HELPER = Path(__file__).with_name("sm90_compile.py")
-SWIGLU = ("mul", ("silu", "acc"), "acc2")
 DECODE = [
     ("gemv", C.problem(1, 6144, 4096, "bfloat16", rms_eps=1e-5)),
-    ("gemv", C.problem(1, 14336, 4096, "bfloat16", rms_eps=1e-5, dual=True, epilogue=SWIGLU)),
+    ("gemv", C.problem(1, 14336, 4096, "bfloat16", rms_eps=1e-5, dual=True, epilogue=C.SWIGLU)),
     ("gemv", C.problem(1, 4096, 14336, "bfloat16", n_extra=1, epilogue=("add", "e0", "acc"))),
     ("rope_kv", {"B": 1, "Hq": 32, "Hkv": 8, "T": 1, "D": 128, "S_max": 4096, "dtype": "bfloat16",
                  "cos_dtype": "float32"}),
@@ -40,9 +39,9 @@ def _attn(hq: int, hkv: int, t: int) -> dict:
 
 PREFILL = [  # (template, problem, config or None for the H200 default); matmul: the Triton tiles, not cuBLAS
     ("matmul", C.problem(2048, 6144, 4096, "bfloat16"), tile_default(C.problem(2048, 6144, 4096), H200)),
-    ("matmul", C.problem(2048, 14336, 4096, "bfloat16", dual=True, epilogue=SWIGLU),
-     tile_default(C.problem(2048, 14336, 4096, dual=True, epilogue=SWIGLU), H200)),
-    ("matmul", C.problem(64, 256, 128, "bfloat16", dual=True, epilogue=SWIGLU), BLAS),  # its SwiGLU kernel
+    ("matmul", C.problem(2048, 14336, 4096, "bfloat16", dual=True, epilogue=C.SWIGLU),
+     tile_default(C.problem(2048, 14336, 4096, dual=True, epilogue=C.SWIGLU), H200)),
+    ("matmul", C.problem(64, 256, 128, "bfloat16", dual=True, epilogue=C.SWIGLU), BLAS),  # its SwiGLU kernel
     ("flash_attention", _attn(32, 8, 2048), None),
     ("rmsnorm", {"rows": 2048, "cols": 4096, "dtype": "bfloat16", "w_dtype": "bfloat16", "eps": 1e-5,
                  "residual": True}, None),
