@@ -99,20 +99,22 @@ class LLMRunner:
         return self._run("decode", self._decode, token.to(self.device), pos.to(self.device))
 
     def _run(self, name: str, exe: Executable, *inputs: torch.Tensor) -> torch.Tensor:
-        """The first call on a GPU warms up (loads and compiles every kernel) and records the graph; its
-        warm-up runs write the KV cache entries of this very call, which the replay writes again identically.
-        A graph that cannot be recorded (a kernel that syncs with the host) runs step by step, with a warning."""
-        if not self.use_graph or self._replays.get(name, True) is None:
-            return exe(*inputs)[0]
-        if name not in self._replays:
-            try:
-                self._replays[name] = Replay(exe, *inputs)
-            except RuntimeError as e:
-                warnings.warn(f"ds4c: the {name} graph runs step by step: recording it as a CUDA graph "
-                              f"failed ({e})", RuntimeWarning, stacklevel=3)
-                self._replays[name] = None
-                return exe(*inputs)[0]
-        return self._replays[name](*inputs)[0]
+        """On a GPU the first call records the graph (see _record), later calls replay it."""
+        if self.use_graph and name not in self._replays:
+            self._replays[name] = self._record(name, exe, inputs)
+        replay = self._replays.get(name)
+        return (replay(*inputs) if replay is not None else exe(*inputs))[0]
+
+    def _record(self, name: str, exe: Executable, inputs: tuple) -> Replay | None:
+        """Warm up (loads and compiles every kernel) and record the graph; the warm-up runs write the KV cache
+        entries of this very call, which the replay writes again identically. None, with a warning, for a
+        graph that cannot be recorded (a kernel that syncs with the host): it runs step by step."""
+        try:
+            return Replay(exe, *inputs)
+        except RuntimeError as e:
+            warnings.warn(f"ds4c: the {name} graph runs step by step: recording it as a CUDA graph failed ({e})",
+                          RuntimeWarning, stacklevel=4)
+            return None
 
     @torch.no_grad()
     def generate(self, ids: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
