@@ -208,13 +208,15 @@ def test_runner_tiny_llama_eager(monkeypatch):
 
 def test_cli_writes_record(tmp_path):
     out = tmp_path / "r" / "run.json"
-    res = CliRunner().invoke(bench, ["--config", "tiny-llama", "--prompt-len", "12", "--decode-len", "2",
-                                     "--warmup", "0", "--repeats", "2", "--no-warm-compile", "--quiet",
-                                     "--out", str(out)])
+    args = ["--config", "tiny-llama", "--prompt-len", "12", "--decode-len", "2", "--warmup", "0", "--repeats", "2",
+            "--no-warm-compile", "--quiet", "--out", str(out)]
+    cuda = torch.cuda.is_available()
+    res = CliRunner().invoke(bench, args + (["--engines", "eager,ds4c"] if cuda else []))
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())
     check_record(rec)
-    assert list(rec["engines"]) == ["eager"]  # on a CPU only eager runs unless asked
+    # on a CPU only eager runs unless asked (a GPU's default, all four engines, is too slow for a test)
+    assert list(rec["engines"]) == (["eager", "ds4c"] if cuda else ["eager"])
     assert rec["engines"]["eager"]["compile_s_warm"] is None
     bad = CliRunner().invoke(bench, ["--engines", "eager,tvm", "--out", str(out)])
     assert bad.exit_code != 0 and "tvm" in bad.output
@@ -231,6 +233,12 @@ def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
     rec = json.loads(out.read_text())
     e = rec["engines"]["ds4c-pdl"]
     assert e["error"] is None and e["decode_tok_s"] > 0
-    assert e["modes"]["decode"] == "ds4c plan, step by step"  # a CPU: no graph, no PDL
+    from ds4c.runtime.llm import pdl_supported
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "ds4c plan, " + ("one CUDA graph replay" if device.type == "cuda" else "step by step")
+    if pdl_supported(device):
+        expected += ", programmatic dependent launches"
+    assert e["modes"]["decode"] == expected
     assert rec["logits_rel_err_vs_fp32"]["ds4c-pdl"] <= 1.5 * rec["logits_rel_err_vs_fp32"]["eager"] + 1e-3
     assert "ds4c-pdl" not in engines.ENGINE_NAMES and "ds4c-pdl" in engines.BUILDERS

@@ -126,27 +126,28 @@ class _BrokenReplay:
 
 
 @pytest.mark.parametrize("replay", [_FakeReplay, _BrokenReplay])
-def test_runner_records_prefill_and_decode_once(monkeypatch, replay):
+def test_runner_records_prefill_and_decode_once(monkeypatch, replay, device):
     """Each of the two graphs is recorded on its first call and replayed after; one that cannot be recorded
     runs step by step with a warning, giving the same logits."""
     import ds4c.runtime.llm as rl
 
     monkeypatch.setattr(rl, "Replay", replay)
     _FakeReplay.recorded = []
-    model = _model(torch.float32)
+    model = _model(torch.float32).to(device)
     reference = copy.deepcopy(model)
     compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
     compiled.runner.use_graph = True
-    tokens = torch.randint(0, CFG.vocab_size, (1, 8))
-    last = torch.tensor([7])
+    tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
+    last = torch.tensor([7], device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = compiled.prefill(tokens, last)
-        assert_close(got, reference.prefill(tokens, last), torch.float32, "prefill")
+        assert_close(got.cpu(), reference.prefill(tokens, last).cpu(), torch.float32, "prefill")
         for pos in (8, 9, 10):
-            tok = torch.randint(0, CFG.vocab_size, (1, 1))
-            p = torch.tensor([pos])
-            assert_close(compiled.decode(tok, p), reference.decode(tok, p), torch.float32, f"decode at {pos}")
+            tok = torch.randint(0, CFG.vocab_size, (1, 1), device=device)
+            p = torch.tensor([pos], device=device)
+            assert_close(compiled.decode(tok, p).cpu(), reference.decode(tok, p).cpu(), torch.float32,
+                         f"decode at {pos}")
     fallbacks = [str(w.message) for w in caught if "step by step" in str(w.message)]
     assert len(fallbacks) == (0 if replay is _FakeReplay else 2)  # once per graph, not once per call
     assert _FakeReplay.recorded == ([2, 2] if replay is _FakeReplay else [])
@@ -154,14 +155,14 @@ def test_runner_records_prefill_and_decode_once(monkeypatch, replay):
 
 
 
-def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch):
+def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch, device):
     """With pdl on, the executor adds pdl=True to launches of modules that say SUPPORTS_PDL, and to no other;
     off (the default, and always off a Hopper GPU) nothing changes."""
     from ds4c.runtime.executor import Executable
     from ds4c.runtime.llm import load_kernels, pdl_supported
 
     assert not pdl_supported(torch.device("cpu"))
-    model = _model(torch.float32)
+    model = _model(torch.float32).to(device)
     compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
     runner = compiled.runner
     seen = {}
@@ -176,9 +177,9 @@ def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch):
         kernels[kid] = type("Spy", (), {"launch": staticmethod(spy),
                                         "SUPPORTS_PDL": kid != plain and getattr(mod, "SUPPORTS_PDL", False)})
     plan = compiled.plan
-    exe = Executable(plan.graphs["decode"], kernels, plan.kernels, runner._decode.values, torch.device("cpu"),
+    exe = Executable(plan.graphs["decode"], kernels, plan.kernels, runner._decode.values, device,
                      pdl=True)
-    exe(torch.tensor([[3]]), torch.tensor([8]))
+    exe(torch.tensor([[3]], device=device), torch.tensor([8], device=device))
     supports = {kid: kernels[kid].SUPPORTS_PDL for kid in seen}
     assert any(supports.values()) and not all(supports.values())
     assert all(seen[kid] is (True if supports[kid] else None) for kid in seen)
