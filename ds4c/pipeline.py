@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ds4c.passes.attention import fuse_attention, fuse_decomposed_attention
+from ds4c.passes.attention import fuse_attention, fuse_decomposed_attention, write_attention_output_transposed
 from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
 from ds4c.passes.cse import eliminate_common_subexpressions
 from ds4c.passes.matmul import (
@@ -36,6 +36,7 @@ def default_passes(precision: str = "bf16") -> list:
         fuse_rmsnorm,  # before lower_linear: folding into matmul prologues needs the norms found
         fuse_attention,
         fuse_decomposed_attention,  # before fuse_softmax, which would take the softmax alone
+        write_attention_output_transposed,
         fuse_rope,
         fuse_rope_kv_write,  # after reinplace_state_writes: the cache writes are in place by now
         lower_linear,

@@ -2,10 +2,12 @@
 emits the problem; this module gives the tuner the search space, validity predicate, Hopper default,
 torch reference and input maker for flash_attention.py.j2.
 
-Problem: {"B", "Hq", "Hkv", "T", "S", "D", "dtype", "causal": bool, "scale": float}.
+Problem: {"B", "Hq", "Hkv", "T", "S", "D", "dtype", "causal": bool, "scale": float}, and optionally
+"o_bthd": bool (default False).
 launch(o, q, k, v, scale=..., **config): q [B,Hq,T,D], k and v [B,Hkv,S,D] (any strides, unit stride on D),
-o [B,Hq,T,D] contiguous. Query head h reads kv head h // (Hq // Hkv). Causal: query i sees keys
-j <= i + (S - T); a query row that sees no key at all is zero.
+o [B,Hq,T,D] contiguous, or with o_bthd [B,T,Hq,D] contiguous: the layout the output projection reads, so
+the transpose after attention is no copy. Query head h reads kv head h // (Hq // Hkv). Causal: query i sees
+keys j <= i + (S - T); a query row that sees no key at all is zero.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ _MAX_REGS_PER_THREAD = 192  # fp32 accumulator + score tile per thread; beyond t
 
 def _holes(problem: Problem) -> dict:
     check_problem(problem)
-    return {"causal": bool(problem["causal"])}
+    return {"causal": bool(problem["causal"]), "o_bthd": bool(problem.get("o_bthd", False))}
 
 
 def check_problem(problem: Problem) -> None:
     """Raise ValueError for a problem the kernel cannot compute (wrong keys, head counts, dtype, D)."""
     keys = {"B", "Hq", "Hkv", "T", "S", "D", "dtype", "causal", "scale"}
-    if set(problem) != keys:
-        raise ValueError(f"flash_attention problem needs the keys {sorted(keys)}, got {sorted(problem)}")
+    if not keys <= set(problem) <= keys | {"o_bthd"}:
+        raise ValueError(f"flash_attention problem needs the keys {sorted(keys)} (and optionally o_bthd), "
+                         f"got {sorted(problem)}")
     if problem["dtype"] not in DTYPES:
         raise ValueError(f"flash_attention takes {DTYPES}, not {problem['dtype']!r}")
     if problem["Hkv"] < 1 or problem["Hq"] % problem["Hkv"] != 0:
@@ -108,7 +111,8 @@ def make_inputs(problem: Problem, device: torch.device, gen: torch.Generator) ->
     q = randn((B, T, Hq, D), dt, device, gen).transpose(1, 2)
     k = randn((B, S, Hkv, D), dt, device, gen).transpose(1, 2)
     v = randn((B, S, Hkv, D), dt, device, gen).transpose(1, 2)
-    o = torch.full((B, Hq, T, D), float("nan"), dtype=dt, device=device)
+    o_shape = (B, T, Hq, D) if problem.get("o_bthd") else (B, Hq, T, D)
+    o = torch.full(o_shape, float("nan"), dtype=dt, device=device)
     return [o], [q, k, v]
 
 
@@ -136,7 +140,8 @@ def attention_reference(q, k, v, scale: float, causal: bool, kv_len: int | None 
 
 def reference(problem: Problem, ins: list) -> list:
     q, k, v = ins
-    return [attention_reference(q, k, v, problem["scale"], problem["causal"])]
+    o = attention_reference(q, k, v, problem["scale"], problem["causal"])
+    return [o.transpose(1, 2).contiguous() if problem.get("o_bthd") else o]
 
 
 def launch_kwargs(problem: Problem) -> dict:

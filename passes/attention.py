@@ -1,12 +1,12 @@
 """Attention: scaled_dot_product_attention (or the backend-specific ops aot_autograd picks for it) ->
 `flash_attention` (no mask, causal or not, grouped-query heads) or `decode_attention` (one query against a
 static KV cache whose valid prefix is given by a `arange(S) <= pos` mask). Runs after clean-up and
-reinplace_state_writes."""
+reinplace_state_writes. Then a flash_attention read only through transpose(1, 2) writes that layout itself."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -205,4 +205,32 @@ def fuse_decomposed_attention(g: Graph) -> Graph:
                            problem=problem, fused=("bmm", "mul", "masked_fill", "_softmax", "bmm"),
                            group="attention"))
         bump(g, "fuse_decomposed_attention")
+    return eliminate_dead_code(g)
+
+
+def _swaps_heads_and_tokens(op: Op, src: Ref) -> bool:
+    """op is transpose(src, 1, 2) of a 4-D tensor (dims in either order, negative or not)."""
+    return (op.target == "aten.transpose.int" and len(op.args) == 3 and op.args[0] == src
+            and sorted(d % 4 for d in op.args[1:3]) == [1, 2])
+
+
+def write_attention_output_transposed(g: Graph) -> Graph:
+    """flash_attention -> [B,Hq,T,D] -> transpose(1, 2), the only reader: the kernel writes [B,T,Hq,D]
+    contiguously (problem o_bthd) and the transpose goes. The reshape to [B,T,Hq*D] that the output projection
+    reads is then a view, not a transposing copy of the whole attention output."""
+    g = copy_graph(g)
+    for name in ordered(g):
+        op = op_of(g, name)
+        if op.target != "kernel:flash_attention" or op.problem.get("o_bthd") or len(op.outputs) != 1:
+            continue
+        user = sole_user(g, name)
+        if user is None or not _swaps_heads_and_tokens(op_of(g, user), Ref(name)):
+            continue
+        o = op.outputs[0]
+        b, h, t, d = o.shape
+        bthd = TensorType((b, t, h, d), o.dtype, (t * h * d, h * d, d, 1))
+        set_op(g, name, replace(op, outputs=(bthd,), problem={**op.problem, "o_bthd": True},
+                                fused=op.fused + ("transpose",)))
+        replace_uses(g, Ref(user), Ref(name))
+        bump(g, "write_attention_output_transposed")
     return eliminate_dead_code(g)

@@ -76,6 +76,15 @@ def test_layouts(layout, device):
     _run(problem, TEMPLATE.default(problem, INTERPRETER), device, layout)
 
 
+@pytest.mark.parametrize("case", [CASES[3], CASES[6]], ids=["causal-gqa-bf16", "full-fp16-T<S"])
+def test_output_written_tokens_major(case, device):
+    """o_bthd: the kernel writes [B,T,Hq,D] (what transpose(1, 2) of its usual output holds), every element."""
+    problem = {**_problem(*case), "o_bthd": True}
+    outs, _ = TEMPLATE.make_inputs(problem, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert outs[0].shape == (case[0], case[3], case[1], case[5])
+    _run(problem, TEMPLATE.default(problem, INTERPRETER), device)
+
+
 def test_random_valid_configs(device):
     problem = _problem(1, 6, 2, 100, 129, 64, "float16", True)
     configs = [c for c in TEMPLATE.space.grid() if TEMPLATE.valid(c, problem, INTERPRETER)]

@@ -43,6 +43,7 @@ PREFILL = [  # (template, problem, config or None for the H200 default); matmul:
      tile_default(C.problem(2048, 14336, 4096, dual=True, epilogue=C.SWIGLU), H200)),
     ("matmul", C.problem(64, 256, 128, "bfloat16", dual=True, epilogue=C.SWIGLU), BLAS),  # its SwiGLU kernel
     ("flash_attention", _attn(32, 8, 2048), None),
+    ("flash_attention", {**_attn(32, 8, 2048), "o_bthd": True}, None),  # written as the o-projection reads it
     ("rmsnorm", {"rows": 2048, "cols": 4096, "dtype": "bfloat16", "w_dtype": "bfloat16", "eps": 1e-5,
                  "residual": True}, None),
     ("rope", {"B": 1, "H": 32, "T": 2048, "D": 128, "dtype": "bfloat16", "cos_dtype": "float32"}, None),

@@ -75,3 +75,32 @@ def test_head_dim_without_template_stays_aten():
     g, _ = capture(mod, tuple(torch.randn(1, 2, 7, 24) for _ in range(3)))
     h = run(g, upto("fuse_attention"))
     assert kernels(h) == [] and not any(k.startswith("fuse_attention") for k in stats(h))
+
+
+def _attend_then_merge_heads(m, q, k, v):
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1) @ m.w
+
+
+def _attend_twice_read(m, q, k, v):
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1) @ m.w, o.sum()
+
+
+@pytest.mark.parametrize("fn,fires", [(_attend_then_merge_heads, True), (_attend_twice_read, False)],
+                         ids=["sole-transpose", "also-read-as-is"])
+def test_attention_writes_tokens_major_for_the_output_projection(fn, fires, device):
+    """flash_attention read only through transpose(1, 2) writes [B,T,Hq,D] itself (o_bthd), so no copy is
+    left between attention and the output projection; another reader of [B,Hq,T,D] keeps the layout."""
+    hkv = 2 if fires else 4
+    shapes = ((1, 4, 9, 16), (1, hkv, 9, 16), (1, hkv, 9, 16))
+    mod = Fn(fn, w=torch.randn(64, 8))
+    g, state = capture(mod, tuple(torch.randn(s) for s in shapes))
+    h = run(g, upto("write_attention_output_transposed"))
+    attn = [h.nodes[n]["op"] for n in h if h.nodes[n]["op"].target == "kernel:flash_attention"]
+    assert len(attn) == 1 and attn[0].problem.get("o_bthd", False) is fires
+    assert stats(h).get("write_attention_output_transposed", 0) == int(fires)
+    assert count(h, "aten.transpose.int") == (0 if fires else 1)
+    if fires:
+        assert attn[0].outputs[0].shape == (1, 9, 4, 16) and attn[0].outputs[0].is_contiguous()
+    check_numbers(h, state, mod, tuple(torch.randn(s) for s in shapes), device)

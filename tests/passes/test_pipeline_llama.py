@@ -43,6 +43,8 @@ def test_tiny_llama_compiles_and_matches_eager(dtype, device):
         # decode: q and k rotated and both cache writes in one kernel per layer; prefill's attention reads
         # the rotated k itself, so its ropes and writes stay apart
         assert r.get("fuse_rope_kv_write", 0) == (L if name == "decode" else 0)
+        # prefill attention writes [B,T,H,D] for the o-projection (a decode step's transpose moves nothing)
+        assert r.get("write_attention_output_transposed", 0) == (L if name == "prefill" else 0)
         # bf16 casts the fp32 rope tables once per layer; after CSE once per graph
         assert r.get("eliminate_common_subexpressions", 0) == (2 * (L - 1) if dtype == torch.bfloat16 else 0)
         fallbacks = set(compiled.report[name]["fallbacks"])
