@@ -5,7 +5,8 @@
 
 Engines: "eager" (the model's own methods), "inductor" (torch.compile default for prefill,
 mode="reduce-overhead" for decode), "inductor-max-autotune" (mode="max-autotune" for both; CUDA graphs)
-and "ds4c" (ds4c.llm.compile_llm; prefill and decode each one CUDA graph replay). Outputs may live in a CUDA
+and "ds4c" (ds4c.llm.compile_llm; prefill and decode each one CUDA graph replay). "ds4c-pdl" (programmatic
+dependent launches) and "ds4c-mixed" (int8 FFN weights) run only when named. Outputs may live in a CUDA
 graph's memory pool: a caller that keeps logits past the next call must clone them.
 """
 
@@ -62,22 +63,28 @@ def _max_autotune(model, prompt_len: int, opts: BuildOptions) -> Engine:
                   {"prefill": "torch.compile mode=max-autotune", "decode": "torch.compile mode=max-autotune"})
 
 
-def _ds4c(model, prompt_len: int, opts: BuildOptions, pdl: bool = False) -> Engine:
+def _ds4c(model, prompt_len: int, opts: BuildOptions, pdl: bool = False, precision: str = "bf16",
+          name: str = "ds4c") -> Engine:
     try:
         from ds4c.compiler import Options
         from ds4c.llm import compile_llm
     except Exception as e:  # a broken import: the run goes on without it
         raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
-    options = Options(db_url=opts.db, tune_trials=opts.tune_trials or 0)
+    options = Options(precision=precision, db_url=opts.db, tune_trials=opts.tune_trials or 0)
     compiled = compile_llm(model, prefill_len=prompt_len, options=options, pdl=pdl)
     replay = "ds4c plan, " + ("one CUDA graph replay" if compiled.runner.use_graph else "step by step")
+    if precision != "bf16":
+        replay += f", precision {precision}"
     decode = replay + (", programmatic dependent launches" if compiled.runner.pdl else "")
-    return Engine("ds4c-pdl" if pdl else "ds4c", compiled.prefill, compiled.decode,
-                  {"prefill": replay, "decode": decode}, handle=compiled)
+    return Engine(name, compiled.prefill, compiled.decode, {"prefill": replay, "decode": decode}, handle=compiled)
 
 
 def _ds4c_pdl(model, prompt_len: int, opts: BuildOptions) -> Engine:
-    return _ds4c(model, prompt_len, opts, pdl=True)
+    return _ds4c(model, prompt_len, opts, pdl=True, name="ds4c-pdl")
+
+
+def _ds4c_mixed(model, prompt_len: int, opts: BuildOptions) -> Engine:
+    return _ds4c(model, prompt_len, opts, precision="mixed", name="ds4c-mixed")
 
 
 BUILDERS: dict[str, Callable[..., Engine]] = {
@@ -86,6 +93,7 @@ BUILDERS: dict[str, Callable[..., Engine]] = {
     "inductor-max-autotune": _max_autotune,
     "ds4c": _ds4c,
     "ds4c-pdl": _ds4c_pdl,  # experimental, only when asked for: decode with programmatic dependent launches
+    "ds4c-mixed": _ds4c_mixed,  # only when asked for: FFN weights in int8 (precision mode "mixed")
 }
 ENGINE_NAMES: tuple[str, ...] = ("eager", "inductor", "inductor-max-autotune", "ds4c")  # the default run
 INDUCTOR_ENGINES: tuple[str, ...] = ("inductor", "inductor-max-autotune")
