@@ -209,19 +209,22 @@ def demo_cmd(ctx, prompt, max_new_tokens, prefill_len):
     ctx.invoke(run_cmd, plan_dir=str(plan_dir), prompt=prompt, max_new_tokens=max_new_tokens, chat=False)
 
 
-def _problems_from(model_name: str, max_tokens: int, max_seq_len: int) -> list[tuple[str, dict]]:
-    """Kernel problems of a checkpoint or built-in config: prefill at max_tokens and decode."""
+def _problems_from(model_name: str, max_tokens: int, max_seq_len: int, precision: str = "bf16"
+                   ) -> list[tuple[str, dict]]:
+    """Kernel problems of a checkpoint or built-in config in a precision mode: prefill at max_tokens and
+    decode."""
     from .llm import kernel_problems
 
     device = _device()
     model, _ = load_model_source(model_name, max(max_seq_len, max_tokens), _dtype(None, device))
-    return kernel_problems(model, max_tokens)
+    return kernel_problems(model, max_tokens, precision)
 
 
 def _tune_command() -> click.Command:
+    from ds4c.precision import POLICY
     from ds4c.tuning_db.cli import tune_command
 
-    return tune_command(_problems_from)
+    return tune_command(_problems_from, precisions=tuple(POLICY))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,15 +41,18 @@ _DB_HELP = "SQLAlchemy URL of the tuning database (default: $DS4C_DB, else ~/.ca
 _FALLBACK_HELP = "use the local SQLite file when --db cannot be reached"
 
 
-def tune_command(problems_from: Callable[[str, int, int], list[tuple[str, dict]]], name: str = "tune"
-                 ) -> click.Command:
-    """`tune MODEL`: tune every kernel problem problems_from(MODEL, max_tokens, max_seq_len) lists."""
+def tune_command(problems_from: Callable[[str, int, int, str], list[tuple[str, dict]]], name: str = "tune",
+                 precisions: tuple[str, ...] = ("bf16",)) -> click.Command:
+    """`tune MODEL`: tune every kernel problem problems_from(MODEL, max_tokens, max_seq_len, precision) lists;
+    precisions are the modes --precision offers, the first the default."""
 
     @click.command(name=name)
     @click.argument("model")
     @click.option("--max-tokens", default=2048, show_default=True, help="largest token count to tune for")
     @click.option("--max-seq-len", default=4096, show_default=True,
                   help="KV cache length (as `ds4c compile --max-seq-len`: decode attention depends on it)")
+    @click.option("--precision", type=click.Choice(precisions), default=precisions[0], show_default=True,
+                  help="precision mode to tune the kernels of (as `ds4c compile --precision`)")
     @click.option("--db", "url", default=None, help=_DB_HELP)
     @click.option("--db-fallback", is_flag=True, help=_FALLBACK_HELP)
     @click.option("--workers", default=1, show_default=True, help="tuning processes sharing the database")
@@ -60,15 +63,15 @@ def tune_command(problems_from: Callable[[str, int, int], list[tuple[str, dict]]
     @click.option("--seed", default=0, show_default=True)
     @click.option("--only", default="", metavar="TEMPLATES",
                   help="tune only kernels of these templates (comma-separated, e.g. gemv,decode_attention)")
-    def tune(model, max_tokens, max_seq_len, url, db_fallback, workers, trials, seconds, patience, sampler,
-             seed, only):
+    def tune(model, max_tokens, max_seq_len, precision, url, db_fallback, workers, trials, seconds, patience,
+             sampler, seed, only):
         """Tune the kernels of MODEL into the tuning database."""
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
         _quiet_optuna()
         try:
-            items = problems_from(model, max_tokens, max_seq_len)
+            items = problems_from(model, max_tokens, max_seq_len, precision)
         except Ds4cError as e:
             raise click.ClickException(str(e)) from None
         if only:

@@ -16,15 +16,17 @@ def test_tune_then_every_db_command(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     asked = []
 
-    def problems_from(model: str, max_tokens: int, max_seq_len: int):
-        asked.append((model, max_tokens))
+    def problems_from(model: str, max_tokens: int, max_seq_len: int, precision: str):
+        asked.append((model, max_tokens, precision))
         return [(VECADD, P), (VECADD, {**P, "n": 200})]
 
     runner = CliRunner()
-    out = runner.invoke(tune_command(problems_from), ["tiny", "--db", url, "--trials", "6", "--sampler",
-                                                      "random", "--seed", "2", "--max-tokens", "64"])
+    tune = tune_command(problems_from, precisions=("bf16", "mixed"))
+    out = runner.invoke(tune, ["tiny", "--db", url, "--trials", "6", "--sampler", "random", "--seed", "2",
+                               "--max-tokens", "64", "--precision", "mixed"])
     assert out.exit_code == 0, out.output
-    assert asked == [("tiny", 64)] and out.output.count(" trials ") == 2
+    assert asked == [("tiny", 64, "mixed")] and out.output.count(" trials ") == 2
+    assert runner.invoke(tune, ["tiny", "--db", url, "--precision", "fp4"]).exit_code != 0
     db = make_db_group(resolve)
     ls = runner.invoke(db, ["--db", url, "ls"])
     assert ls.exit_code == 0 and ls.output.count("vecadd_test") == 2 and "6 trials" in ls.output
@@ -51,7 +53,7 @@ def test_tune_then_every_db_command(tmp_path):
 def test_tune_only_some_templates(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     items = [(VECADD, P), ("rmsnorm", {"rows": 4, "cols": 8})]  # templates or their names
-    tune = tune_command(lambda model, max_tokens, max_seq_len: items)
+    tune = tune_command(lambda model, max_tokens, max_seq_len, precision: items)
     runner = CliRunner()
     out = runner.invoke(tune, ["tiny", "--db", url, "--trials", "2", "--only", "vecadd_test"])
     assert out.exit_code == 0, out.output
