@@ -87,6 +87,9 @@ class _Display:
             self.progress.update(task, description=what, advance=1)
 
 
+PREFILL_REPEATS_GPU = 20
+
+
 @click.command("bench")
 @click.option("--config", "config", default="llama-3.1-8b", show_default=True,
               help="Built-in model config (random weights, std 0.02, bf16).")
@@ -98,7 +101,10 @@ class _Display:
               help=f"Comma-separated subset of {','.join(BUILDERS)} (default: {','.join(ENGINE_NAMES)}; eager "
                    "only on a CPU).")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0))
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed decode loops.")
+@click.option("--prefill-repeats", type=click.IntRange(1),
+              help="Timed prefills (default: 20 on a GPU, where one takes milliseconds and their spread is wide; "
+                   "else --repeats).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--tune-trials", type=click.IntRange(0), help="ds4c engine: tuning trials per kernel.")
 @click.option("--db", help="ds4c engine: tuning DB (SQLite path or PostgreSQL URL).")
@@ -107,8 +113,8 @@ class _Display:
 @click.option("--results-dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--plot", is_flag=True, help="Also write a bar chart (PNG) next to the record (matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress display or table.")
-def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warmup, repeats, seed,
-          tune_trials, db, no_warm_compile, out, results_dir, plot, quiet):
+def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warmup, repeats, prefill_repeats,
+          seed, tune_trials, db, no_warm_compile, out, results_dir, plot, quiet):
     """Benchmark one Llama workload under several engines side by side and write a JSON record."""
     from rich.console import Console
 
@@ -126,7 +132,9 @@ def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warm
             raise click.BadParameter(f"unknown engine(s) {', '.join(bad)}; choose from "
                                      f"{', '.join(BUILDERS)}", param_hint="--engines")
     spec = BenchSpec(config=config, checkpoint=checkpoint, prompt_len=prompt_len, decode_len=decode_len,
-                     max_seq_len=max_seq_len, engines=names, warmup=warmup, repeats=repeats, seed=seed,
+                     max_seq_len=max_seq_len, engines=names, warmup=warmup, repeats=repeats,
+                     prefill_repeats=prefill_repeats or (PREFILL_REPEATS_GPU if device.type == "cuda" else None),
+                     seed=seed,
                      warm_compile=not no_warm_compile, build=BuildOptions(tune_trials=tune_trials, db=db))
     console = Console(stderr=True, quiet=quiet)
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -31,7 +31,8 @@ class BenchSpec:
     max_seq_len: int | None = None  # None: next power of two >= prompt_len + decode_len
     engines: tuple[str, ...] = ENGINE_NAMES
     warmup: int = 2
-    repeats: int = 5
+    repeats: int = 5  # timed decode loops (and prefills, unless prefill_repeats says otherwise)
+    prefill_repeats: int | None = None  # timed prefills; None: repeats
     seed: int = 0
     launch_steps: int = 8  # decode steps profiled for launches_per_step
     warm_compile: bool = True  # build each engine twice, timing the second (cache-hitting) build too
@@ -155,7 +156,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
 
         phase("prefill")
         ttft_ms = []
-        for _ in range(spec.repeats):  # each from an idle device: latency, host overhead included
+        for _ in range(spec.prefill_repeats or spec.repeats):  # each from an idle device: latency, host included
             measure.sync(device)
             st = measure.Stamps(device)
             st.mark()
@@ -258,7 +259,8 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
             workload=workload, gpu=gpu, driver=measure.driver_version(), command=command,
             ceilings={"hbm_gb_s": ceil.hbm_gb_s, "bf16_tflops": ceil.bf16_tflops}, roofline=floors,
             engines=results, logits_err=errs, greedy_equal_eager=match,
-            extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats, "seed": spec.seed,
+            extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats,
+                                "prefill_repeats": spec.prefill_repeats or spec.repeats, "seed": spec.seed,
                                 "launch_steps": spec.launch_steps, "tune_trials": spec.build.tune_trials,
                                 "db": spec.build.db}})
 

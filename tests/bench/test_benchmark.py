@@ -206,11 +206,18 @@ def test_runner_tiny_llama_eager(monkeypatch):
     assert ("eager", "prefill") in phases and ("eager", "done") in phases
 
 
-def test_cli_writes_record(tmp_path):
+def test_cli_writes_record(tmp_path, monkeypatch):
     out = tmp_path / "r" / "run.json"
     args = ["--config", "tiny-llama", "--prompt-len", "12", "--decode-len", "2", "--warmup", "0", "--repeats", "2",
-            "--no-warm-compile", "--quiet", "--out", str(out)]
+            "--prefill-repeats", "3", "--no-warm-compile", "--quiet", "--out", str(out)]
     cuda = torch.cuda.is_available()
+    prefills = []
+
+    def counted_eager(model, prompt_len, opts):
+        eng = engines._eager(model, prompt_len, opts)
+        return engines.Engine("eager", lambda *a: prefills.append(1) or eng.prefill(*a), eng.decode, eng.modes)
+
+    monkeypatch.setitem(engines.BUILDERS, "eager", counted_eager)
     res = CliRunner().invoke(bench, args + (["--engines", "eager,ds4c"] if cuda else []))
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())
@@ -218,6 +225,8 @@ def test_cli_writes_record(tmp_path):
     # on a CPU only eager runs unless asked (a GPU's default, all four engines, is too slow for a test)
     assert list(rec["engines"]) == (["eager", "ds4c"] if cuda else ["eager"])
     assert rec["engines"]["eager"]["compile_s_warm"] is None
+    assert (rec["settings"]["repeats"], rec["settings"]["prefill_repeats"]) == (2, 3)
+    assert len(prefills) == 1 + 3  # the first (compiling) call, then the timed ones
     bad = CliRunner().invoke(bench, ["--engines", "eager,tvm", "--out", str(out)])
     assert bad.exit_code != 0 and "tvm" in bad.output
 
