@@ -27,7 +27,7 @@ def kernel_table(prof, calls: int) -> list[dict]:
     """[{name, us_per_call, count_per_call}] of the GPU kernels in prof, longest first."""
     total, count = defaultdict(float), defaultdict(int)
     for ev in prof.events():
-        if measure.count_kernels([ev]):
+        if measure.is_kernel(ev):
             total[ev.name] += ev.time_range.elapsed_us()
             count[ev.name] += 1
     rows = [{"name": n, "us_per_call": t / calls, "count_per_call": count[n] / calls} for n, t in total.items()]

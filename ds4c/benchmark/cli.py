@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ds4c.benchmark.engines import BUILDERS, ENGINE_NAMES, BuildOptions
+from ds4c.benchmark.engines import BUILDERS, ENGINE_NAMES, BuildOptions, check_engine_names
 
 PHASES = ("compile (cold)", "compile (warm)", "warm-up", "prefill", "decode", "launches", "done")
 ROWS = (  # (label, record key in the engine dict, format)
@@ -127,10 +127,10 @@ def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warm
         names = ENGINE_NAMES if device.type == "cuda" else ("eager",)
     else:
         names = tuple(n.strip() for n in engines.split(",") if n.strip())
-        bad = [n for n in names if n not in BUILDERS]
-        if bad:
-            raise click.BadParameter(f"unknown engine(s) {', '.join(bad)}; choose from "
-                                     f"{', '.join(BUILDERS)}", param_hint="--engines")
+        try:
+            check_engine_names(names)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--engines") from None
     spec = BenchSpec(config=config, checkpoint=checkpoint, prompt_len=prompt_len, decode_len=decode_len,
                      max_seq_len=max_seq_len, engines=names, warmup=warmup, repeats=repeats,
                      prefill_repeats=prefill_repeats or (PREFILL_REPEATS_GPU if device.type == "cuda" else None),

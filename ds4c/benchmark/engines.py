@@ -99,8 +99,14 @@ ENGINE_NAMES: tuple[str, ...] = ("eager", "inductor", "inductor-max-autotune", "
 INDUCTOR_ENGINES: tuple[str, ...] = ("inductor", "inductor-max-autotune")
 
 
+def check_engine_names(names) -> None:
+    """Raise ValueError naming the engines of names that do not exist, and the ones that do."""
+    bad = [n for n in names if n not in BUILDERS]
+    if bad:
+        raise ValueError(f"unknown engine(s) {', '.join(bad)}; choose from {', '.join(BUILDERS)}")
+
+
 def build(name: str, model, prompt_len: int, opts: BuildOptions) -> Engine:
     """Build engine `name` over model (raises EngineUnavailable, or whatever compilation raises)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown engine {name!r}; choose from {', '.join(BUILDERS)}")
+    check_engine_names([name])
     return BUILDERS[name](model, prompt_len, opts)

@@ -142,17 +142,15 @@ def driver_version() -> str:
 _NOT_KERNELS = ("memcpy", "memset")
 
 
+def is_kernel(event) -> bool:
+    """A profiler event that is a GPU kernel (memcpy and memset are not kernels)."""
+    dt = getattr(event, "device_type", None)
+    return dt is not None and "CUDA" in str(dt) and not any(w in event.name.lower() for w in _NOT_KERNELS)
+
+
 def count_kernels(events) -> int:
-    """Number of GPU kernel events among profiler events (memcpy and memset are not kernels)."""
-    n = 0
-    for e in events:
-        dt = getattr(e, "device_type", None)
-        if dt is None or "CUDA" not in str(dt):
-            continue
-        if any(w in e.name.lower() for w in _NOT_KERNELS):
-            continue
-        n += 1
-    return n
+    """Number of GPU kernel events among profiler events."""
+    return sum(map(is_kernel, events))
 
 
 def launches_per_step(step, steps: int, device: torch.device) -> tuple[float | None, str | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ds4c.benchmark import measure, roofline
-from ds4c.benchmark.engines import BUILDERS, ENGINE_NAMES, BuildOptions, Engine, EngineUnavailable, build
+from ds4c.benchmark.engines import ENGINE_NAMES, BuildOptions, Engine, EngineUnavailable, build, check_engine_names
 from ds4c.benchmark.record import EngineResult, Workload, make_record
 from ds4c.precision import rel_error
 
@@ -38,6 +38,10 @@ class BenchSpec:
     warm_compile: bool = True  # build each engine twice, timing the second (cache-hitting) build too
     build: BuildOptions = field(default_factory=BuildOptions)
     ceiling_sizes: tuple[int | None, int | None] = (None, None)  # (copy bytes, matmul n); None: by device
+
+    @property
+    def prefill_timings(self) -> int:
+        return self.prefill_repeats or self.repeats
 
 
 def _next_pow2(n: int) -> int:
@@ -156,7 +160,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
 
         phase("prefill")
         ttft_ms = []
-        for _ in range(spec.prefill_repeats or spec.repeats):  # each from an idle device: latency, host included
+        for _ in range(spec.prefill_timings):  # each from an idle device: latency, host overhead included
             measure.sync(device)
             st = measure.Stamps(device)
             st.mark()
@@ -225,9 +229,7 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
               partial: Callable[[dict], None] = lambda record: None) -> dict:
     """Run the whole benchmark and return the record (a dict; see record.py). After each engine but the
     last, partial gets the record of the engines done so far, so a run cut short still leaves its figures."""
-    for name in spec.engines:
-        if name not in BUILDERS:
-            raise ValueError(f"unknown engine {name!r}; choose from {', '.join(BUILDERS)}")
+    check_engine_names(spec.engines)
     phase("setup", "model")
     cfg, model = make_model(spec, device)
     shape = roofline.shape_of(cfg)
@@ -260,7 +262,7 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
             ceilings={"hbm_gb_s": ceil.hbm_gb_s, "bf16_tflops": ceil.bf16_tflops}, roofline=floors,
             engines=results, logits_err=errs, greedy_equal_eager=match,
             extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats,
-                                "prefill_repeats": spec.prefill_repeats or spec.repeats, "seed": spec.seed,
+                                "prefill_repeats": spec.prefill_timings, "seed": spec.seed,
                                 "launch_steps": spec.launch_steps, "tune_trials": spec.build.tune_trials,
                                 "db": spec.build.db}})
 
