@@ -8,6 +8,10 @@ launch(o, q, k, v, scale=..., **config): q [B,Hq,T,D], k and v [B,Hkv,S,D] (any 
 o [B,Hq,T,D] contiguous, or with o_bthd [B,T,Hq,D] contiguous: the layout the output projection reads, so
 the transpose after attention is no copy. Query head h reads kv head h // (Hq // Hkv). Causal: query i sees
 keys j <= i + (S - T); a query row that sees no key at all is zero.
+
+Config IMPL picks the implementation: 0 the Triton kernel; 1 and 2 torch's scaled_dot_product_attention
+through cuDNN and through its FlashAttention-2 kernel (the math backend when interpreting, on the CPU), then
+one copy into o. The tuner weighs them like any other config, as it weighs cuBLAS against the matmul tiles.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ SPACE = SearchSpace((
     ("BLOCK_N", (16, 32, 64, 128)),
     ("num_warps", (2, 4, 8)),
     ("num_stages", (1, 2, 3, 4)),
+    ("IMPL", (0, 1, 2)),  # 0: the Triton kernel; 1: torch SDPA via cuDNN; 2: torch SDPA via FlashAttention-2
 ))
+# IMPL 1 and 2 ignore the tile parameters: each has one valid config, carrying these values for them.
+VENDOR_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 
 DTYPES = ("float32", "float16", "bfloat16")
 _MAX_REGS_PER_THREAD = 192  # fp32 accumulator + score tile per thread; beyond this it spills
@@ -60,9 +67,19 @@ def smem_bytes(config: Config, problem: Problem) -> int:
     return q_tile + kv_tiles
 
 
+def vendor_ok(problem: Problem, gpu: GpuInfo) -> bool:
+    """torch's fused SDPA kernels take the problem: 16-bit inputs on a GPU (the interpreter's CPU runs the
+    math backend, any dtype), and a causal mask only when T == S (SDPA aligns it top-left, not bottom-right)."""
+    if problem["causal"] and problem["T"] != problem["S"]:
+        return False
+    return gpu.is_interpreter or problem["dtype"] in ("float16", "bfloat16")
+
+
 def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     if not SPACE.contains(config) or not head_dim_ok(problem["D"]):
         return False
+    if config["IMPL"] != 0:
+        return all(config[k] == v for k, v in VENDOR_TILES.items()) and vendor_ok(problem, gpu)
     bm, bn, warps = config["BLOCK_M"], config["BLOCK_N"], config["num_warps"]
     if smem_bytes(config, problem) > gpu.smem_per_block:
         return False
@@ -92,7 +109,7 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     bn = min(bn, max(16, _next_pow2(problem["S"])))
     if bm < 64:
         warps = 4
-    config = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+    config = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages, "IMPL": 0}
     # shrink until it fits this GPU (small shared memory, huge D in fp32)
     while not valid(config, problem, gpu) and (config["num_stages"] > 1 or config["BLOCK_M"] > 16):
         if config["num_stages"] > 1:

@@ -7,8 +7,9 @@ template's `valid` predicate rejects is told PRUNED at once (nothing compiles; i
 the trial budget); a proposal already measured in the study reuses that result without counting. After a
 run of such proposals the tuner queues a random unmeasured valid config, so sparse spaces still make
 progress. Budgets (trials, seconds, patience) are read from the study, so every process sharing it stops
-together. The template's heuristic default is the first trial of a fresh study, so a tuned entry is never
-slower than the default by the tuner's own measure, however small the budget. On a GPU a pool of processes
+together. The template's heuristic default is the first trial of a fresh study and each other
+implementation (IMPL != 0) comes next, so a tuned entry is never slower than the default, nor than a vendor
+library, by the tuner's own measure, however small the budget. On a GPU a pool of processes
 compiles the next batch of proposals while this process times the current one.
 """
 
@@ -174,15 +175,22 @@ def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], 
         _enqueue(study, template, unseen[0])
 
 
-def _enqueue_default(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo) -> None:
-    """Queue the heuristic default when the study has no trial yet (the sampler proposes the rest)."""
+def _enqueue_firsts(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo,
+                    valid: list[Config]) -> None:
+    """Queue, in a study with no trial yet, the heuristic default, then each other implementation the
+    template offers (a valid config with IMPL != 0, such as a vendor library: one config each, which a
+    sampler over the tile space would rarely propose). The sampler proposes the rest."""
     if study.get_trials(deepcopy=False):
         return
+    firsts: list[Config] = []
     try:
         c = template.default(problem, gpu)
+        if template.space.contains(c) and template.valid(c, problem, gpu):
+            firsts.append(c)
     except ValueError:
-        return
-    if template.space.contains(c) and template.valid(c, problem, gpu):
+        pass
+    firsts += [c for c in valid if c.get("IMPL", 0) != 0 and c not in firsts]
+    for c in firsts:
         _enqueue(study, template, c)
 
 
@@ -244,7 +252,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     fail_stale(study, settings.stale_after_s)
     valid = valid_configs(template, problem, gpu)
     if settings.sampler not in ("grid", "exhaustive"):
-        _enqueue_default(study, template, problem, gpu)
+        _enqueue_firsts(study, template, problem, gpu, valid)
     t0, attempts, wasted, ran, stop = time.monotonic(), 0, 0, [], "no-valid-config"
     rng = random.Random(settings.seed + 1000 * worker)
     nproc = _compile_workers(settings)

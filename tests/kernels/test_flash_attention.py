@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ds4c.device import H200, INTERPRETER, GpuInfo
+from ds4c.kernel_templates import flash_attention as flash
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import dtype_of
 from ds4c.precision import assert_close
@@ -118,7 +119,7 @@ def test_default_is_valid(gpu):
 
 def test_valid_prunes():
     problem = _problem(1, 32, 8, 2048, 2048, 128, "bfloat16", True)
-    big = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}
+    big = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "IMPL": 0}
     small_smem = GpuInfo("small", (8, 0), 100, 48 * 1024, 65536, 1 << 20)
     assert TEMPLATE.valid(big, problem, H200)
     assert not TEMPLATE.valid(big, problem, small_smem)
@@ -131,6 +132,56 @@ def test_valid_prunes():
         TEMPLATE.source(odd_d)
     with pytest.raises(ValueError):
         TEMPLATE.source(_problem(1, 6, 4, 64, 64, 64, "float16", True))  # 6 % 4 != 0
+
+
+VENDOR = [{**flash.VENDOR_TILES, "IMPL": impl} for impl in (1, 2)]
+
+
+@pytest.mark.parametrize("config", VENDOR, ids=["cudnn", "flash2"])
+@pytest.mark.parametrize("o_bthd", [False, True], ids=["bhtd", "bthd"])
+@pytest.mark.parametrize("case", [(1, 32, 8, 129, 129, 128, "bfloat16", True), (2, 6, 2, 33, 70, 64, "float16", False),
+                                  (1, 4, 4, 17, 17, 64, "float16", True)], ids=["causal-gqa", "full-T<S", "mha"])
+def test_vendor_impl_matches_reference(case, o_bthd, config, device):
+    """IMPL 1/2 (torch SDPA through cuDNN / FlashAttention-2 on a GPU, its math backend on the CPU): GQA heads,
+    strided q/k/v views as projections give them, both output layouts, every element written."""
+    problem = {**_problem(*case), "o_bthd": o_bthd}
+    gpu = INTERPRETER if device.type == "cpu" else H200
+    assert TEMPLATE.valid(config, problem, gpu)
+    _run(problem, config, device, _padded)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("config", VENDOR, ids=["cudnn", "flash2"])
+def test_vendor_impl_replays_in_a_cuda_graph(config):
+    """Plans replay prefill as one CUDA graph: the vendor path records and replays like a kernel, and a replay
+    over new inputs gives their attention."""
+    from ds4c.runtime.graphs import capture
+
+    problem = {**_problem(1, 32, 8, 300, 300, 128, "bfloat16", True), "o_bthd": True}
+    dev = torch.device("cuda")
+    mod = load_source(TEMPLATE.source(problem))
+    outs, ins = TEMPLATE.make_inputs(problem, dev, torch.Generator().manual_seed(1))
+    graph, _ = capture(lambda: mod.launch(*outs, *ins, **TEMPLATE.launch_kwargs(problem), **config))
+    _, fresh = TEMPLATE.make_inputs(problem, dev, torch.Generator().manual_seed(2))
+    for static, x in zip(ins, fresh, strict=True):
+        static.copy_(x)
+    graph.replay()
+    assert_close(outs[0], TEMPLATE.reference(problem, ins)[0], torch.bfloat16, what=f"{config}")
+
+
+def test_vendor_impl_validity():
+    """One config per vendor IMPL; causal only with T == S (SDPA's mask is top-left); 16-bit on a GPU."""
+    square = _problem(1, 32, 8, 2048, 2048, 128, "bfloat16", True)
+    for config in VENDOR:
+        assert TEMPLATE.valid(config, square, H200)
+        assert not TEMPLATE.valid({**config, "BLOCK_M": 128}, square, H200)
+        assert not TEMPLATE.valid(config, {**square, "T": 1}, H200)  # causal, T < S
+        assert TEMPLATE.valid(config, {**square, "T": 1, "causal": False}, H200)
+        assert not TEMPLATE.valid(config, {**square, "dtype": "float32"}, H200)
+        assert TEMPLATE.valid(config, {**square, "dtype": "float32"}, INTERPRETER)
+    grid = [c for c in TEMPLATE.space.grid() if c["IMPL"] and TEMPLATE.valid(c, square, H200)]
+    assert sorted(grid, key=lambda c: c["IMPL"]) == VENDOR
+    assert TEMPLATE.default(square, H200)["IMPL"] == 0
 
 
 def test_cost_counts_visible_pairs():

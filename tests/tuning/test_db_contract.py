@@ -58,6 +58,24 @@ def test_the_default_is_the_first_trial_of_a_fresh_study(db_url):
     assert len(counted) == 4
 
 
+def test_other_implementations_follow_the_default(db_url):
+    """Each IMPL != 0 config (a vendor library: one point of the space) is measured right after the default,
+    so the tuner weighs it against the tiles however small the budget."""
+    from ds4c.kernel_templates import get
+
+    flash = get("flash_attention")
+    problem = {"B": 1, "Hq": 2, "Hkv": 1, "T": 16, "S": 16, "D": 16, "dtype": "float32", "causal": True,
+               "scale": 0.25}
+    db = TuningDB(db_url)
+    r = tune(flash, problem, db, INTERPRETER, TuneSettings(trials=3, sampler="random", seed=5))
+    assert r.measured == 3
+    trials = db.trials(key_fields(flash, problem, INTERPRETER).key, (TrialState.COMPLETE, TrialState.FAIL))
+    configs = [t.user_attrs["config"] for t in sorted(trials, key=lambda t: t.number)]
+    assert configs[0] == flash.default(problem, INTERPRETER)
+    assert [c["IMPL"] for c in configs] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
 def test_compile_pool_pipeline_keeps_the_budget_and_tells_every_trial(db_url):
     """With compile workers, the next batch compiles while this one is timed: the budget holds exactly,
     failures are still recorded, nothing is left RUNNING and no config is measured twice."""
