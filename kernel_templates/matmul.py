@@ -1,6 +1,7 @@
 """matmul template: tensor-core tiles (tl.dot) of out = epilogue(x @ W.T) with an optional RMSNorm prologue,
 dual weights, bias, extra inputs and int8/fp8 weights (kernel_templates/matmul.py.j2), or the same problem
-through the vendor BLAS (config IMPL=1, kernel_templates/_blas.py) where it applies. The prefill choice;
+through the vendor BLAS (config IMPL=1, kernel_templates/_blas.py; quantised weights dequantised first) where
+there is no RMSNorm prologue. The prefill choice;
 `gemv` takes the same problem for a few rows. The problem schema and reference live in _mm_common.py.
 """
 
@@ -22,6 +23,9 @@ SPACE = SearchSpace((
 # IMPL=1 ignores the tile parameters: its one valid config carries these values for them (common ones, so
 # that sub-grids of the space hold it too).
 BLAS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 2, "IMPL": 1}
+# Quantised weights through the BLAS first cost one pass writing them in the activation dtype (~3x their
+# int8 bytes): at prefill sizes that is ~10% of the product, at a few rows it is most of it.
+BLAS_QUANT_MIN_M = 256
 
 _ACC_REGS = 128  # fp32 accumulator registers per thread we allow (128x256 tiles on 8 warps use 128)
 
@@ -44,8 +48,8 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     if not SPACE.contains(config):
         return False
     p = problem
-    if config["IMPL"] == 1:  # the BLAS: plain weights, no prologue, one canonical config
-        return config == BLAS and p["w_dtype"] == "same" and p["rms_eps"] is None
+    if config["IMPL"] == 1:  # the BLAS: no prologue, one canonical config (int8/fp8 weights dequantised first)
+        return config == BLAS and p["rms_eps"] is None
     bm, bn, bk, warps = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     n_acc = 2 if p["dual"] else 1
     if n_acc * bm * bn > _ACC_REGS * 32 * warps or bm * bn < 64 * warps:
@@ -87,8 +91,10 @@ def _shrink(config: Config, p: Problem, gpu: GpuInfo) -> Config:
 
 def default(problem: Problem, gpu: GpuInfo) -> Config:
     """On a GPU the vendor BLAS where it applies (our pointer-load tiles reached ~0.8 of cuBLAS at M=2048 on
-    the H200), otherwise (and in the interpreter) the Triton tiles of tile_default."""
-    if not gpu.is_interpreter and valid(BLAS, problem, gpu):
+    the H200), for int8/fp8 weights only from BLAS_QUANT_MIN_M rows (below that the pass that dequantises the
+    weights costs more than the product); otherwise (and in the interpreter) the tiles of tile_default."""
+    quant_ok = problem["w_dtype"] == "same" or problem["M"] >= BLAS_QUANT_MIN_M
+    if not gpu.is_interpreter and quant_ok and valid(BLAS, problem, gpu):
         return dict(BLAS)
     return tile_default(problem, gpu)
 

@@ -127,7 +127,10 @@ def test_default_is_valid(gpu):
                     assert T.valid(c, p, gpu), (p, c)
     # on a GPU the vendor BLAS where it applies; Triton tiles where it does not (and in the interpreter)
     assert T.default(C.problem(2048, 4096, 4096, "bfloat16"), H200) == BLAS
-    tiles = T.default(C.problem(2048, 4096, 4096, "bfloat16", w_dtype="int8"), H200)
+    assert T.default(C.problem(2048, 4096, 4096, "bfloat16", w_dtype="int8"), H200) == BLAS
+    tiles = T.default(C.problem(64, 4096, 4096, "bfloat16", w_dtype="int8"), H200)  # dequantising would dominate
+    assert (tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["IMPL"]) == (64, 128, 0)
+    tiles = T.default(C.problem(2048, 4096, 4096, "bfloat16", rms_eps=1e-5), H200)
     assert (tiles["BLOCK_M"], tiles["BLOCK_N"], tiles["num_warps"], tiles["IMPL"]) == (128, 256, 8, 0)
     if current_gpu().is_interpreter:
         assert T.default(C.problem(2048, 4096, 4096, "bfloat16"), current_gpu())["IMPL"] == 0
@@ -165,22 +168,25 @@ BLAS_EPILOGUES = {
 }
 
 
+@pytest.mark.parametrize("w_dtype", ["same", "int8", "float8_e4m3fn"], ids=["plain-w", "int8-w", "fp8-w"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("hole", sorted(BLAS_EPILOGUES))
-def test_vendor_blas_path(hole, dtype, device):
-    """IMPL=1: the product through torch (cuBLAS on a GPU), each epilogue form against the reference."""
-    p = C.problem(37, 50, 70, dtype, **BLAS_EPILOGUES[hole])
+def test_vendor_blas_path(hole, dtype, w_dtype, device):
+    """IMPL=1: the product through torch (cuBLAS on a GPU), each epilogue form against the reference;
+    quantised weights dequantised by one pass first."""
+    p = C.problem(37, 50, 1030, dtype, w_dtype=w_dtype, **BLAS_EPILOGUES[hole])  # K: a partial last block
     assert T.valid(BLAS, p, current_gpu())
     run(p, device, config=BLAS)
-    run(p, device, config=BLAS, x_row_stride=83, extra_row_stride=61)
+    run(p, device, config=BLAS, x_row_stride=p["K"] + 13, extra_row_stride=61)
 
 
-def test_vendor_blas_takes_one_config_and_plain_weights():
+def test_vendor_blas_takes_one_config_and_no_prologue():
     p = C.problem(2048, 4096, 4096, "bfloat16")
     blas_configs = [c for c in T.space.grid() if c["IMPL"] == 1 and T.valid(c, p, H200)]
     assert blas_configs == [BLAS]
-    for other in (dict(rms_eps=1e-5), dict(w_dtype="int8"), dict(w_dtype="float8_e4m3fn")):
-        assert not T.valid(BLAS, C.problem(2048, 4096, 4096, "bfloat16", **other), H200), other
+    assert not T.valid(BLAS, C.problem(2048, 4096, 4096, "bfloat16", rms_eps=1e-5), H200)
+    for w_dtype in ("int8", "float8_e4m3fn"):
+        assert T.valid(BLAS, C.problem(2048, 4096, 4096, "bfloat16", w_dtype=w_dtype), H200)
 
 
 def test_problem_checks():
