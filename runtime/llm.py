@@ -98,6 +98,15 @@ class LLMRunner:
         """Logits [1, vocab] after token at pos; on a GPU they stay valid until the next decode."""
         return self._run("decode", self._decode, token.to(self.device), pos.to(self.device))
 
+    def runs_as(self, name: str) -> str:
+        """How graph `name` ("prefill", "decode") runs: as one CUDA graph replay, or step by step (no GPU, or
+        its recording failed); "not run yet" before its first call on a GPU."""
+        if not self.use_graph:
+            return "step by step"
+        if name not in self._replays:
+            return "not run yet"
+        return "one CUDA graph replay" if self._replays[name] is not None else "step by step (recording failed)"
+
     def _run(self, name: str, exe: Executable, *inputs: torch.Tensor) -> torch.Tensor:
         """On a GPU the first call records the graph (see _record), later calls replay it."""
         if self.use_graph and name not in self._replays:

@@ -35,6 +35,10 @@ class Engine:
     decode: Callable
     modes: dict = field(default_factory=dict)  # what each phase runs as, for the record
     handle: object = None  # keeps compiled objects alive while the engine is
+    describe: Callable[[], dict] | None = None  # modes as they turned out after the run (replaces `modes`)
+
+    def modes_now(self) -> dict:
+        return dict(self.describe() if self.describe is not None else self.modes)
 
 
 def _eager(model, prompt_len: int, opts: BuildOptions) -> Engine:
@@ -72,11 +76,15 @@ def _ds4c(model, prompt_len: int, opts: BuildOptions, pdl: bool = False, precisi
         raise EngineUnavailable(f"ds4c engine unavailable: {type(e).__name__}: {e}") from e
     options = Options(precision=precision, db_url=opts.db, tune_trials=opts.tune_trials or 0)
     compiled = compile_llm(model, prefill_len=prompt_len, options=options, pdl=pdl)
-    replay = "ds4c plan, " + ("one CUDA graph replay" if compiled.runner.use_graph else "step by step")
-    if precision != "bf16":
-        replay += f", precision {precision}"
-    decode = replay + (", programmatic dependent launches" if compiled.runner.pdl else "")
-    return Engine(name, compiled.prefill, compiled.decode, {"prefill": replay, "decode": decode}, handle=compiled)
+    runner = compiled.runner
+    extra = f", precision {precision}" if precision != "bf16" else ""
+
+    def describe() -> dict:
+        pdl_note = ", programmatic dependent launches" if runner.pdl else ""
+        return {"prefill": f"ds4c plan, {runner.runs_as('prefill')}{extra}",
+                "decode": f"ds4c plan, {runner.runs_as('decode')}{extra}{pdl_note}"}
+
+    return Engine(name, compiled.prefill, compiled.decode, describe(), handle=compiled, describe=describe)
 
 
 def _ds4c_pdl(model, prompt_len: int, opts: BuildOptions) -> Engine:

@@ -214,7 +214,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         launches_per_step=launches, compile_s_cold=cold, compile_s_warm=warm,
         decode_roofline_share=tok_s / floors["decode_tok_s"] if floors["decode_tok_s"] else None,
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,
-        modes=dict(eng.modes), notes=notes)
+        modes=eng.modes_now(), notes=notes)
     return Measured(res, logits, greedy)
 
 

@@ -139,6 +139,7 @@ def test_runner_records_prefill_and_decode_once(monkeypatch, replay, device):
     reference = copy.deepcopy(model)
     compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
     compiled.runner.use_graph = True
+    assert compiled.runner.runs_as("prefill") == "not run yet"
     tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
     last = torch.tensor([7], device=device)
     with warnings.catch_warnings(record=True) as caught:
@@ -154,6 +155,8 @@ def test_runner_records_prefill_and_decode_once(monkeypatch, replay, device):
     assert len(fallbacks) == (0 if replay is _FakeReplay else 2)  # once per graph, not once per call
     assert _FakeReplay.recorded == ([2, 2] if replay is _FakeReplay else [])
     assert set(compiled.runner._replays) == {"prefill", "decode"}
+    ran = "one CUDA graph replay" if replay is _FakeReplay else "step by step (recording failed)"
+    assert compiled.runner.runs_as("prefill") == compiled.runner.runs_as("decode") == ran
 
 
 
