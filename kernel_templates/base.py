@@ -77,6 +77,9 @@ class Template:
     # launch(*outs, *ins): the last `writes` of make_inputs' outs are written in place (KV caches, only some
     # rows): in a graph they are the kernel's first args, and its reference marks untouched elements NaN
     writes: int = 0
+    # one config per implementation other than the tiles (IMPL != 0) that the tuner measures right after the
+    # default; None: every valid config with IMPL != 0 (right where each such implementation has one config)
+    alternatives: Callable[[Problem, GpuInfo], list[Config]] | None = None
 
     def source(self, problem: Problem) -> str:
         return render(self.file, **self.holes(problem))
@@ -85,13 +88,18 @@ class Template:
         return hashlib.sha256(self.source(problem).encode()).hexdigest()[:16]
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                          trim_blocks=True, lstrip_blocks=True)
+def _template_text(file: str) -> str:
+    return (resources.files("ds4c.kernel_templates") / file).read_text()
+
+
+# The loader lets a template pull in another file of this package ({% include "matmul_tma.py.j2" %}).
+_ENV = jinja2.Environment(loader=jinja2.FunctionLoader(_template_text), undefined=jinja2.StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 @functools.cache
 def _compiled(file: str) -> jinja2.Template:
-    return _ENV.from_string((resources.files("ds4c.kernel_templates") / file).read_text())
+    return _ENV.get_template(file)
 
 
 def render(file: str, **holes: object) -> str:

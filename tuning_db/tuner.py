@@ -7,9 +7,9 @@ template's `valid` predicate rejects is told PRUNED at once (nothing compiles; i
 the trial budget); a proposal already measured in the study reuses that result without counting. After a
 run of such proposals the tuner queues a random unmeasured valid config, so sparse spaces still make
 progress. Budgets (trials, seconds, patience) are read from the study, so every process sharing it stops
-together. The template's heuristic default is the first trial of a fresh study and each other
-implementation (IMPL != 0) comes next, so a tuned entry is never slower than the default, nor than a vendor
-library, by the tuner's own measure, however small the budget. On a GPU a pool of processes
+together. The template's heuristic default is the first trial of a fresh study and one config of each
+other implementation (IMPL != 0) comes next, so a tuned entry is never slower than the default, nor than a
+vendor library, by the tuner's own measure, however small the budget. On a GPU a pool of processes
 compiles the next batch of proposals while this process times the current one.
 """
 
@@ -177,9 +177,10 @@ def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], 
 
 def _enqueue_firsts(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo,
                     valid: list[Config]) -> None:
-    """Queue, in a study with no trial yet, the heuristic default, then each other implementation the
-    template offers (a valid config with IMPL != 0, such as a vendor library: one config each, which a
-    sampler over the tile space would rarely propose). The sampler proposes the rest."""
+    """Queue, in a study with no trial yet, the heuristic default, then one config of each other
+    implementation the template offers (IMPL != 0: a vendor library, which a sampler over the tile space
+    would rarely propose, or a kernel with a tile space of its own). The template's `alternatives` names
+    them; without it, every valid config with IMPL != 0 is one. The sampler proposes the rest."""
     if study.get_trials(deepcopy=False):
         return
     firsts: list[Config] = []
@@ -189,7 +190,12 @@ def _enqueue_firsts(study: optuna.Study, template: Template, problem: Problem, g
             firsts.append(c)
     except ValueError:
         pass
-    firsts += [c for c in valid if c.get("IMPL", 0) != 0 and c not in firsts]
+    if template.alternatives is None:
+        others = [c for c in valid if c.get("IMPL", 0) != 0]
+    else:
+        others = [c for c in template.alternatives(problem, gpu)
+                  if template.space.contains(c) and template.valid(c, problem, gpu)]
+    firsts += [c for c in others if c not in firsts]
     for c in firsts:
         _enqueue(study, template, c)
 
