@@ -1,7 +1,8 @@
 """matmul template: tensor-core tiles (tl.dot) of out = epilogue(x @ W.T) with an optional RMSNorm prologue,
 dual weights, bias, extra inputs and int8/fp8 weights (kernel_templates/matmul.py.j2), or the same problem
 through the vendor BLAS (config IMPL=1, kernel_templates/_blas.py; quantised weights dequantised first) where
-there is no RMSNorm prologue. The prefill choice;
+there is no RMSNorm prologue, or (IMPL=2, kernel_templates/matmul_tma.py.j2) persistent tiles fed by TMA
+for plain 16/32-bit weights without a prologue, on Hopper and later. The prefill choice;
 `gemv` takes the same problem for a few rows. The problem schema and reference live in _mm_common.py.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from ds4c.device import GpuInfo
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
+from ds4c.precision import QUANT_GROUP
 
 SPACE = SearchSpace((
     ("BLOCK_M", (16, 32, 64, 128, 256)),
@@ -18,7 +20,8 @@ SPACE = SearchSpace((
     ("GROUP_M", (1, 4, 8)),
     ("num_warps", (4, 8)),
     ("num_stages", (1, 2, 3, 4, 5)),
-    ("IMPL", (0, 1)),  # 0: the Triton tiles above; 1: the vendor BLAS (kernel_templates/_blas.py)
+    ("IMPL", (0, 1, 2)),  # 0: the Triton tiles above; 1: the vendor BLAS (kernel_templates/_blas.py);
+    # 2: persistent Triton tiles over the same parameters, loaded by TMA (kernel_templates/matmul_tma.py.j2)
 ))
 # IMPL=1 ignores the tile parameters: its one valid config carries these values for them (common ones, so
 # that sub-grids of the space hold it too).
@@ -43,6 +46,21 @@ def smem_bytes(config: Config, p: Problem) -> int:
     return config["num_stages"] * bk * (bm * act + n_w * bn * wb)
 
 
+def tma_ok(p: Problem, gpu: GpuInfo) -> bool:
+    """IMPL=2 takes the problem: plain weights, no prologue, a GPU with TMA (or the interpreter), and rows of
+    x, W and out (x and W of K elements, out of N) that are whole multiples of 16 bytes, as TMA needs."""
+    item = dtype_of(p["dtype"]).itemsize
+    return (p["w_dtype"] == "same" and p["rms_eps"] is None and (gpu.is_interpreter or gpu.capability >= (9, 0))
+            and p["K"] * item % 16 == 0 and p["N"] * item % 16 == 0)
+
+
+def tma_smem_bytes(config: Config, p: Problem) -> int:
+    """Shared memory of IMPL=2: the operand stages (x loaded once, dual weights too) plus the output tile
+    the TMA store reads, halved where the epilogue stores the tile in two halves (BLOCK_N >= 128)."""
+    bm, bn = config["BLOCK_M"], config["BLOCK_N"]
+    return smem_bytes(config, p) + bm * (bn // 2 if bn >= 128 else bn) * dtype_of(p["dtype"]).itemsize
+
+
 def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     """Prune before compiling: shared memory, accumulator registers, tiles far beyond the problem."""
     if not SPACE.contains(config):
@@ -50,6 +68,9 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     p = problem
     if config["IMPL"] == 1:  # the BLAS: no prologue, one canonical config (int8/fp8 weights dequantised first)
         return config == BLAS and p["rms_eps"] is None
+    # TMA tiles: wgmma takes 64 rows a warp group
+    if config["IMPL"] == 2 and (not tma_ok(p, gpu) or config["BLOCK_M"] < 64):
+        return False
     bm, bn, bk, warps = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     n_acc = 2 if p["dual"] else 1
     if n_acc * bm * bn > _ACC_REGS * 32 * warps or bm * bn < 64 * warps:
@@ -60,9 +81,14 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
         return False
     if config["GROUP_M"] > 1 and p["M"] <= bm:  # one row of tiles: grouping changes nothing
         return False
+    # quantised weights: each K tile takes the scale of one group
+    if p["w_dtype"] != "same" and QUANT_GROUP % bk:
+        return False
     # fp32 operands take twice the registers per K step; keep their K tiles short
     if p["dtype"] == "float32" and bk > 64:
         return False
+    if config["IMPL"] == 2:
+        return tma_smem_bytes(config, p) <= gpu.smem_per_block
     # The RMSNorm row sum is register math on a tile loaded inside the K loop: Triton 3.6's software
     # pipeliner schedules that load wrongly on Hopper (measured on the H200: errors of 1e-2 to 0.5 at 2+
     # stages whenever the loop runs more than once), so such problems run unpipelined.
@@ -110,9 +136,33 @@ def tile_default(problem: Problem, gpu: GpuInfo) -> Config:
     else:
         bm, bn, warps, stages = max(16, _pow2_ceil(M)), 128, 4, 4
         bk = 128 if p["dtype"] != "float32" else 64
+    if p["w_dtype"] != "same":
+        bk = min(bk, QUANT_GROUP)
     c = {"BLOCK_M": bm, "BLOCK_N": min(bn, max(16, _pow2_ceil(N))), "BLOCK_K": bk,
          "GROUP_M": 8 if M > bm else 1, "num_warps": warps, "num_stages": stages, "IMPL": 0}
     return _shrink(c, p, gpu)
+
+
+def tma_default(problem: Problem, gpu: GpuInfo) -> Config | None:
+    """The IMPL=2 tile the tuner measures first: 128x256x64 (128x128 a weight with dual weights) on 8 warps,
+    3 stages, grouped by 8 (the best persistent TMA tile in our H200 measurements); None where IMPL=2 does
+    not take the problem."""
+    p = problem
+    bk = 32 if p["dtype"] == "float32" else 64
+    bn = 128 if p["dual"] else 256
+    bm = min(128, max(64, _pow2_ceil(p["M"])))
+    c = {"BLOCK_M": bm, "BLOCK_N": min(bn, max(64, _pow2_ceil(p["N"]))), "BLOCK_K": min(bk, _pow2_ceil(p["K"])),
+         "GROUP_M": 8 if p["M"] > bm else 1, "num_warps": 8, "num_stages": 3, "IMPL": 2}
+    while not valid(c, p, gpu) and c["num_stages"] > 1:
+        c["num_stages"] -= 1
+    return c if valid(c, p, gpu) else None
+
+
+def alternatives(problem: Problem, gpu: GpuInfo) -> list[Config]:
+    """One config per implementation beside the tiles, for the tuner to measure right after the default:
+    the vendor BLAS and the TMA tiles of tma_default, where each takes the problem."""
+    tma = tma_default(problem, gpu)
+    return [c for c in (dict(BLAS), tma) if c is not None and valid(c, problem, gpu)]
 
 
 TEMPLATE = Template(
@@ -126,4 +176,5 @@ TEMPLATE = Template(
     reference=C.reference,
     launch_kwargs=C.launch_kwargs,
     cost=C.cost,
+    alternatives=alternatives,
 )

@@ -3,6 +3,7 @@ random valid configs, the search space and default, against the fp32 reference o
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -219,3 +220,109 @@ def test_cost():
     flops, nbytes = C.cost(C.problem(2, 3, 5, "bfloat16", w_dtype="int8", dual=True, epilogue=C.SWIGLU))
     assert flops == 2 * 2 * 3 * 5 * 2 + 2 * 3 * 2  # two dots, then mul and silu per output element
     assert nbytes == 2 * 5 * 2 + 2 * 3 * 5 * 1 + 2 * 3 * 4 + 2 * 3 * 2  # x, int8 W and W2, scales, out
+
+
+# IMPL=2: persistent TMA tiles. Shapes with M and N no multiple of the tiles and a partial last K box (K a
+# multiple of 8, N of 8: TMA's 16-byte rows in every dtype); 520x1032 has more 64x64 tiles than an H200 has
+# SMs, so programs walk several tiles there too.
+TMA_HOLES = {
+    "plain": dict(),
+    "residual": dict(n_extra=1, epilogue=("add", "acc", "e0")),
+    "bias": dict(bias=True, epilogue=("add", "acc", "bias")),
+    "dual_swiglu": dict(dual=True, epilogue=C.SWIGLU),
+    "everything": dict(dual=True, bias=True, n_extra=2,
+                       epilogue=("add", ("mul", ("silu", ("add", "acc", "bias")), ("mul", "acc2", "e1")), "e0")),
+}
+TMA_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+    (64, 64, 32, 1, 4, 1),
+    (64, 128, 64, 4, 4, 3),  # BLOCK_N >= 128: the epilogue stores two halves
+    (128, 64, 32, 8, 8, 4),
+    (128, 256, 64, 8, 8, 3),
+]
+
+
+def tma_config(bm, bn, bk, group, warps, stages):
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "num_warps": warps,
+            "num_stages": stages, "IMPL": 2}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("hole", sorted(TMA_HOLES))
+def test_tma_holes(hole, dtype, device):
+    p = C.problem(130, 264, 104, dtype, **TMA_HOLES[hole])
+    gpu = current_gpu()
+    configs = [c for c in map(lambda t: tma_config(*t), TMA_TILES) if T.valid(c, p, gpu)]
+    assert len(configs) >= 2
+    for c in configs:
+        run(p, device, config=c)
+
+
+@pytest.mark.parametrize("hole", ["plain", "dual_swiglu"])
+def test_tma_many_tiles_per_program(hole, device):
+    p = C.problem(520, 1032, 72, "bfloat16", **TMA_HOLES[hole])
+    run(p, device, config=tma_config(64, 64, 32, 8, 4, 3))
+
+
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_tma_dual_pipelined(stages, device):
+    """The dual product feeds one x box to two dots: right at every pipeline depth, run after run."""
+    p = C.problem(300, 512, 1024, "bfloat16", **TMA_HOLES["dual_swiglu"])
+    c = tma_config(128, 128, 64, 8, 8, stages)
+    assert T.valid(c, p, H200)
+    for seed in range(2):
+        run(p, device, config=c, seed=seed)
+
+
+def test_tma_strided_x_and_extras(device):
+    p = C.problem(70, 136, 96, "bfloat16", n_extra=1, epilogue=("add", "acc", "e0"))
+    run(p, device, config=tma_config(64, 64, 32, 4, 4, 2), x_row_stride=104, extra_row_stride=151)
+
+
+def test_tma_valid_prunes():
+    p = C.problem(2048, 4096, 4096, "bfloat16")
+    tile = tma_config(128, 256, 64, 8, 8, 3)
+    assert T.valid(tile, p, H200)
+    assert T.valid({**tile, "num_stages": 4}, p, H200)  # 196608 + 32768 bytes (the store in two halves)
+    assert not T.valid({**tile, "num_stages": 5}, p, H200)
+    dual = {**p, "dual": True, "epilogue": C.SWIGLU}
+    assert not T.valid(tile, dual, H200)  # two 128x256 accumulators
+    assert T.valid({**tile, "BLOCK_N": 128, "num_stages": 4}, dual, H200)
+    assert not T.valid({**tile, "BLOCK_M": 32, "BLOCK_N": 128}, p, H200)  # wgmma: 64 rows a warp group
+    # not taken: a prologue, quantised weights, rows that are no multiple of 16 bytes, pre-Hopper GPUs
+    assert not T.valid(tile, {**p, "rms_eps": 1e-5}, H200)
+    assert not T.valid(tile, {**p, "w_dtype": "int8"}, H200)
+    assert not T.valid(tile, {**p, "K": 4100}, H200)
+    assert not T.valid(tile, {**p, "N": 4100}, H200)
+    fp32 = {**p, "dtype": "float32", "K": 4100, "N": 4100}  # rows of 16400 bytes
+    assert not T.valid(tile, fp32, H200)  # 3 x 96 KiB of fp32 boxes
+    assert T.valid({**tile, "BLOCK_K": 32}, fp32, H200)
+    ampere = dataclasses.replace(H200, name="NVIDIA A100", capability=(8, 0))
+    assert not T.valid(tile, p, ampere)
+
+
+def test_tma_default_and_alternatives():
+    for N, K, dual in LLAMA:
+        p = C.problem(2048, N, K, "bfloat16", dual=dual, epilogue=C.SWIGLU if dual else "acc")
+        tma = matmul_template.tma_default(p, H200)
+        assert tma == tma_config(128, 128 if dual else 256, 64, 8, 8, 3)
+        assert matmul_template.alternatives(p, H200) == [BLAS, tma]
+        assert T.default(p, H200) == BLAS  # the default stays the BLAS
+    rms = C.problem(2048, 4096, 4096, "bfloat16", rms_eps=1e-5)
+    assert matmul_template.tma_default(rms, H200) is None and matmul_template.alternatives(rms, H200) == []
+    small = C.problem(40, 72, 80, "float16")
+    assert matmul_template.tma_default(small, H200) == tma_config(64, 128, 64, 1, 8, 3)
+
+
+def test_tma_launch_rejects_unaligned_rows(device):
+    p = C.problem(16, 64, 32, "float16")
+    outs, (x, w) = T.make_inputs(p, device, torch.Generator().manual_seed(0))
+    mod = load_source(T.source(p))
+    cfg = tma_config(64, 64, 32, 1, 4, 2)
+    xs = torch.zeros(16, 37, dtype=x.dtype, device=device)[:, :32]  # rows 74 bytes apart
+    xs.copy_(x)
+    with pytest.raises(ValueError, match="IMPL=2"):
+        mod.launch(outs[0], xs, w, eps=0.0, **cfg)
+    rms = C.problem(16, 64, 32, "float16", rms_eps=1e-5)
+    outs, ins = T.make_inputs(rms, device, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="IMPL=2"):
+        load_source(T.source(rms)).launch(*outs, *ins, eps=1e-5, **cfg)

@@ -76,6 +76,27 @@ def test_other_implementations_follow_the_default(db_url):
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
+def test_one_config_of_each_other_implementation_follows_the_default(db_url):
+    """A template whose other implementations have tile spaces of their own (matmul's TMA tiles, IMPL=2)
+    names one config of each: the default, the vendor BLAS and the TMA tile come first, not every valid
+    IMPL != 0 config."""
+    from ds4c.kernel_templates import _mm_common as C
+    from ds4c.kernel_templates import get
+    from ds4c.kernel_templates import matmul as mm
+
+    matmul = get("matmul")
+    problem = C.problem(64, 64, 32, "float32")
+    assert sum(c["IMPL"] == 2 for c in valid_configs(matmul, problem, INTERPRETER)) > 10
+    db = TuningDB(db_url)
+    r = tune(matmul, problem, db, INTERPRETER, TuneSettings(trials=3, sampler="random", seed=5))
+    assert r.measured == 3
+    trials = db.trials(key_fields(matmul, problem, INTERPRETER).key, (TrialState.COMPLETE, TrialState.FAIL))
+    configs = [t.user_attrs["config"] for t in sorted(trials, key=lambda t: t.number)]
+    assert configs == [matmul.default(problem, INTERPRETER), mm.BLAS, mm.tma_default(problem, INTERPRETER)]
+    assert [c["IMPL"] for c in configs] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
 def test_compile_pool_pipeline_keeps_the_budget_and_tells_every_trial(db_url):
     """With compile workers, the next batch compiles while this one is timed: the budget holds exactly,
     failures are still recorded, nothing is left RUNNING and no config is measured twice."""
