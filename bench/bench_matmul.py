@@ -4,6 +4,10 @@ heuristic default config; the gate+up projection runs as one dual-weight SwiGLU 
 concatenated matmul plus silu*mul. Each result is checked against torch before it is timed.
 
     python bench/bench_matmul.py --out bench/results/matmul-h200.json [--dtype bfloat16] [--w-dtype same]
+        [--rows 1,2048] [--sweep 40]
+
+--sweep N also times N random valid configs of the template besides the default and reports the best
+(`best_us`, `best_config`): what a tuning run would find, without the tuning database.
 
 Writes {kind, gpu, torch, triton, commit, timer, rows: [{shape, ..., ds4c_us, torch_us, gbps, tflops}]}.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -23,7 +28,7 @@ from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates import matmul as matmul_template
-from ds4c.precision import TOLERANCE, rel_error
+from ds4c.precision import QUANT_GROUP, TOLERANCE, rel_error
 from ds4c.runtime.loader import load_source
 
 # (name, N, K, dual): Llama-3.1-8B linear layers; gate+up is one dual-weight kernel with N = 14336
@@ -39,7 +44,10 @@ def _torch_fn(p: dict, ins: list):
 
     def weight(name: str) -> torch.Tensor:
         w = args[name]
-        return w if p["w_dtype"] == "same" else (w.to(torch.float32) * args[name + "_scale"][:, None]).to(act)
+        if p["w_dtype"] == "same":
+            return w
+        scale = args[name + "_scale"].repeat_interleave(QUANT_GROUP, dim=1)[:, :p["K"]]
+        return (w.to(torch.float32) * scale).to(act)
 
     x = args["x"]
     if p["dual"]:
@@ -88,6 +96,23 @@ def bench_one(name: str, N: int, K: int, dual: bool, M: int, args, gen) -> dict:
            "template": template.name, "config": config, "rel_err": err,
            "ds4c_us": ds4c_us, "torch_us": torch_us, "speedup": torch_us / ds4c_us,
            "gbps": nbytes / ds4c_us / 1e3, "tflops": flops / ds4c_us / 1e6}
+    if args.sweep:
+        gpu = current_gpu()
+        valid = [c for c in template.space.grid() if template.valid(c, p, gpu) and c != config]
+        best_us, best = ds4c_us, config
+        for c in random.Random(0).sample(valid, min(args.sweep, len(valid))):
+            def trial(c=c):
+                mod.launch(*outs, *ins, **kwargs, **c)
+            outs[0].fill_(float("nan"))
+            trial()
+            torch.cuda.synchronize()
+            if rel_error(outs[0], expected.float()) > 2 * TOLERANCE[outs[0].dtype].rel:
+                raise AssertionError(f"{name} M={M} {c}: differs from torch")
+            us = _time(trial, args.timer)
+            if us < best_us:
+                best_us, best = us, c
+        row.update(best_us=best_us, best_config=best, best_gbps=nbytes / best_us / 1e3,
+                   swept=min(args.sweep, len(valid)))
     if template.name == "matmul" and config.get("IMPL") == 1:  # the default is the BLAS: time the tiles too
         tiles = matmul_template.tile_default(p, current_gpu())
 
@@ -110,21 +135,26 @@ def main() -> None:
     ap.add_argument("--timer", default="do_bench", choices=("do_bench", "cudagraph"),
                     help="do_bench (median of eager launches) or do_bench_cudagraph (launch overhead hidden)")
     ap.add_argument("--rows", default=",".join(map(str, ROWS)), help="comma-separated M values")
+    ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES), help="comma-separated layer names")
+    ap.add_argument("--sweep", type=int, default=0, help="also time this many random valid configs")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_matmul needs a CUDA GPU")
     gen = torch.Generator().manual_seed(0)
-    rows = [bench_one(n, N, K, d, int(M), args, gen) for M in args.rows.split(",") for n, N, K, d in SHAPES]
+    names = args.shapes.split(",")
+    rows = [bench_one(n, N, K, d, int(M), args, gen) for M in args.rows.split(",") for n, N, K, d in SHAPES
+            if n in names]
     record = {"kind": "matmul", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "commit": git_commit(), "timer": args.timer, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
-    head = ("shape", "M", "tmpl", "ds4c us", "torch us", "x", "GB/s", "TFLOP/s")
-    print("{:>8} {:>5} {:>6} {:>9} {:>9} {:>5} {:>7} {:>8}".format(*head))
+    head = ("shape", "M", "tmpl", "ds4c us", "torch us", "x", "GB/s", "TFLOP/s", "best us", "best GB/s")
+    print("{:>8} {:>5} {:>6} {:>9} {:>9} {:>5} {:>7} {:>8} {:>8} {:>9}".format(*head))
     for r in rows:
         print(f"{r['shape']:>8} {r['M']:>5} {r['template']:>6} {r['ds4c_us']:>9.1f} {r['torch_us']:>9.1f} "
-              f"{r['speedup']:>5.2f} {r['gbps']:>7.0f} {r['tflops']:>8.1f}")
+              f"{r['speedup']:>5.2f} {r['gbps']:>7.0f} {r['tflops']:>8.1f} {r.get('best_us', 0):>8.1f} "
+              f"{r.get('best_gbps', 0):>9.0f}  {r.get('best_config', '')}")
     print(f"wrote {out}")
 
 

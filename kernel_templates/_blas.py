@@ -5,8 +5,8 @@ as Inductor weighs its ATen choice against its templates: at large M the vendor 
 The common epilogues need no extra pass over the output: a bias or a residual goes into cuBLAS's own
 epilogue (addmm, beta=1, summed in fp32); SwiGLU costs two products and one fused pass (silu(gate) * up in
 fp32, rounded once) over them. Any other epilogue is evaluated in fp32 from the expression, like the
-reference. Quantised weights (int8, fp8 with a float32 scale per output row) are first written in the
-activation dtype, w * scale rounded once, by one Triton pass (`dequant`).
+reference. Quantised weights (int8, fp8 with a float32 scale per group of a row's weights) are first written
+in the activation dtype, w * scale rounded once, by one Triton pass (`dequant`).
 """
 
 from __future__ import annotations
@@ -35,22 +35,25 @@ _DEQUANT_BLOCK = 1024
 
 
 @triton.jit
-def _dequant_rows(out_ptr, w_ptr, scale_ptr, K, BLOCK: tl.constexpr):
-    """out[n, k] = w[n, k] * scale[n] in fp32, rounded once to out's dtype; program (n, j) does BLOCK of row n."""
+def _dequant_rows(out_ptr, w_ptr, scale_ptr, K, GROUPS, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    """out[n, k] = w[n, k] * scale[n, k // GROUP] in fp32, rounded once to out's dtype; program (n, j) does
+    BLOCK of row n."""
     n = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     live = offs < K
     row = n.to(tl.int64) * K
-    s = tl.load(scale_ptr + n)
+    s = tl.load(scale_ptr + n.to(tl.int64) * GROUPS + offs // GROUP, mask=live)
     w = tl.load(w_ptr + row + offs, mask=live).to(tl.float32)
     tl.store(out_ptr + row + offs, (w * s).to(out_ptr.dtype.element_ty), mask=live)
 
 
-def dequant(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A new [N, K] tensor of dtype holding w [N, K] (int8/fp8, contiguous) times scale [N] (float32)."""
+def dequant(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, group: int) -> torch.Tensor:
+    """A new [N, K] tensor of dtype holding w [N, K] (int8/fp8, contiguous) times its scales [N, ceil(K / group)]
+    (float32, one per group of `group` weights of a row)."""
     N, K = w.shape
     out = torch.empty((N, K), dtype=dtype, device=w.device)
-    _dequant_rows[(N, triton.cdiv(K, _DEQUANT_BLOCK))](out, w, scale, K, BLOCK=_DEQUANT_BLOCK, num_warps=4)
+    _dequant_rows[(N, triton.cdiv(K, _DEQUANT_BLOCK))](out, w, scale, K, scale.shape[1], GROUP=group,
+                                                       BLOCK=_DEQUANT_BLOCK, num_warps=4)
     return out
 
 

@@ -5,12 +5,13 @@ validity predicates and the defaults differ between them.
 
 Problem (JSON-able; every key present):
     {"M", "N", "K": int, "dtype": "float32"|"float16"|"bfloat16" (x and out),
-     "w_dtype": "same"|"int8"|"float8_e4m3fn" (int8/fp8 come with a float32 scale [N] per weight),
+     "w_dtype": "same"|"int8"|"float8_e4m3fn" (int8/fp8 come with float32 scales [N, ceil(K / G)], one per
+                group of G = ds4c.precision.QUANT_GROUP consecutive weights of a row),
      "rms_eps": None | float (RMSNorm prologue: x becomes x * rsqrt(mean(x^2) + eps) * norm_w, with the
                  norm weight norm_w [K] an input right after x),
      "dual": bool (a second weight W2 -> acc2), "bias": bool, "n_extra": int (e0, e1, ... [M,N]),
      "epilogue": expression over acc, acc2, bias, e0, ...}
-Math in fp32: acc = ((x * norm_w) @ (W * w_scale[:, None]).T) * rowscale[:, None]; out = epilogue(...) in
+Math in fp32: acc = ((x * norm_w) @ (W * w_scale[n, k // G]).T) * rowscale[:, None]; out = epilogue(...) in
 dtype. The row scale factors out of the dot, so a kernel gathers sum(x^2) beside the product and scales once.
 launch(out, x, [norm_w], w, [w_scale], [w2, [w2_scale]], [bias], e0, ..., eps=..., **config).
 """
@@ -23,6 +24,7 @@ import torch
 
 from ds4c.kernel_templates import expr as E
 from ds4c.kernel_templates.base import Problem, dtype_of, randn
+from ds4c.precision import QUANT_GROUP
 
 KEYS = ("M", "N", "K", "dtype", "w_dtype", "rms_eps", "dual", "bias", "n_extra", "epilogue")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
@@ -83,7 +85,13 @@ def holes(p: Problem) -> dict:
         "rms": p["rms_eps"] is not None, "dual": p["dual"], "bias": p["bias"], "n_extra": p["n_extra"],
         "epilogue": E.to_triton(epilogue_of(p)),
         "epilogue_expr": repr(epilogue_of(p)),  # a Python literal, for the vendor-BLAS path of matmul
+        "group": QUANT_GROUP,  # weights per scale of a quantised row
     }
+
+
+def scale_groups(K: int) -> int:
+    """Scales per row of a quantised [N, K] weight."""
+    return -(-K // QUANT_GROUP)
 
 
 def arg_names(p: Problem) -> list[str]:
@@ -100,7 +108,7 @@ def _weight(p: Problem, device, gen: torch.Generator) -> list[torch.Tensor]:
     N, K = p["N"], p["K"]
     if p["w_dtype"] == "same":
         return [randn((N, K), dtype_of(p["dtype"]), device, gen, std=K**-0.5)]
-    scale = (0.5 + torch.rand(N, generator=gen)) * K**-0.5
+    scale = (0.5 + torch.rand(N, scale_groups(K), generator=gen)) * K**-0.5
     if p["w_dtype"] == "int8":
         q = torch.randint(-127, 128, (N, K), generator=gen, dtype=torch.int8)
         scale = scale / 73.0  # the std of uniform ints in [-127, 127]
@@ -130,7 +138,10 @@ def make_inputs(p: Problem, device, gen: torch.Generator) -> tuple[list, list]:
 
 def _dequant(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     w = w.detach().cpu().to(torch.float32)
-    return w if scale is None else w * scale.detach().cpu().to(torch.float32)[:, None]
+    if scale is None:
+        return w
+    per_weight = scale.detach().cpu().to(torch.float32).repeat_interleave(QUANT_GROUP, dim=1)
+    return w * per_weight[:, :w.shape[1]]
 
 
 def reference(p: Problem, ins: list) -> list:
@@ -165,7 +176,7 @@ def cost(p: Problem) -> tuple[float, float]:
     act = dtype_of(p["dtype"]).itemsize
     wb = act if p["w_dtype"] == "same" else 1
     flops = 2.0 * M * N * K * n_w + M * N * _count_ops(epilogue_of(p))
-    nbytes = M * K * act + n_w * N * K * wb + (n_w * N * 4 if p["w_dtype"] != "same" else 0)
+    nbytes = M * K * act + n_w * N * K * wb + (n_w * N * scale_groups(K) * 4 if p["w_dtype"] != "same" else 0)
     nbytes += K * act if p["rms_eps"] is not None else 0
     nbytes += (N * act if p["bias"] else 0) + p["n_extra"] * M * N * act + M * N * act
     return float(flops), float(nbytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ds4c.device import GpuInfo
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates.base import Config, Problem, SearchSpace, Template, dtype_of
+from ds4c.precision import QUANT_GROUP
 
 MAX_ROWS = 16
 
@@ -48,6 +49,8 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     if bn * bk < threads * max(1, 8 // _pow2_ceil(p["M"])):
         return False
     if bn > max(4, _pow2_ceil(p["N"])) or bk > max(64, _pow2_ceil(p["K"])):
+        return False
+    if p["w_dtype"] != "same" and bk % QUANT_GROUP:  # quantised: whole scale groups per K tile
         return False
     wb = dtype_of(p["dtype"]).itemsize if p["w_dtype"] == "same" else 1
     return config["num_stages"] * bn * bk * wb * n_acc <= gpu.smem_per_block

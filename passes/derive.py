@@ -3,7 +3,8 @@
 A pass that needs such a weight calls `derived_input`: it records the recipe in graph["derived"] (data the
 runtime replays when it loads the weights) and returns the Ref of a new graph input with role
 "derived:<name>". Recipes: ("cat", [names], {}) along dim 0;
-("quant", [w], {"dtype": "int8"|"float8_e4m3fn", "part": "values"|"scale"}) per-output-channel absmax.
+("quant", [w], {"dtype": "int8"|"float8_e4m3fn", "part": "values"|"scale"}): absmax scales, one per
+ds4c.precision.QUANT_GROUP weights of a row.
 """
 
 from __future__ import annotations

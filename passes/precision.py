@@ -1,6 +1,6 @@
 """Precision assignment: label every kernel with its op class from the policy table (ds4c/precision.py)
 and, in modes that ask for it, store matmul weights in a narrower type (weight-only INT8 or FP8 with a
-per-output-channel float32 scale, derived at load time). Runs after all matmul fusions."""
+float32 scale per group of ds4c.precision.QUANT_GROUP weights, derived at load time). Runs after all matmul fusions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from ds4c.ir import Graph, bump, is_live_out, op_of, ordered, set_op, users
-from ds4c.precision import POLICY
+from ds4c.precision import POLICY, QUANT_GROUP
 
 from .cleanup import copy_graph
 from .derive import derived_input, weight_type
@@ -68,7 +68,8 @@ def _quantize(g: Graph, op, dtype: torch.dtype):
     def q(w):
         n, k = weight_type(g, w).shape
         return (derived_input(g, "quant", [w], (n, k), dtype, dtype=qname, part="values"),
-                derived_input(g, "quant", [w], (n,), torch.float32, dtype=qname, part="scale"))
+                derived_input(g, "quant", [w], (n, -(-k // QUANT_GROUP)), torch.float32, dtype=qname,
+                              part="scale"))
 
     w, ws = q(mp.w)
     w2, w2s = q(mp.w2) if mp.w2 is not None else (None, None)

@@ -1,5 +1,6 @@
 """Weights the plan derives from the checkpoint at load time, by recipe (passes/derive.py writes them):
-concatenation of projections and weight-only quantization with per-output-channel scales. Recipes are data;
+concatenation of projections and weight-only quantization with one scale per group of ds4c.precision.QUANT_GROUP
+weights along K. Recipes are data;
 this file is the only code that runs them.
 """
 
@@ -7,18 +8,25 @@ from __future__ import annotations
 
 import torch
 
+from ds4c.precision import QUANT_GROUP
+
 from .plan import PlanError
 
 QMAX = {"int8": 127.0, "float8_e4m3fn": 448.0}
 
 
 def quantize(w: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, scale) with w ~= values * scale[:, None]; scale is float32 per output row."""
+    """(values [N, K], scale [N, ceil(K / QUANT_GROUP)] float32): w[n, k] ~= values[n, k] * scale[n, k // G],
+    each scale the absmax of its group over the dtype's largest value."""
     if dtype not in QMAX:
         raise PlanError(f"unknown quantized dtype {dtype!r}")
-    wf = w.float()
-    scale = (wf.abs().amax(dim=1) / QMAX[dtype]).clamp_min(1e-12)
-    q = wf / scale[:, None]
+    if w.dim() != 2:
+        raise PlanError(f"only 2-D weights are quantized, got shape {tuple(w.shape)}")
+    n, k = w.shape
+    groups = -(-k // QUANT_GROUP)
+    wf = torch.nn.functional.pad(w.float(), (0, groups * QUANT_GROUP - k)).view(n, groups, QUANT_GROUP)
+    scale = (wf.abs().amax(dim=2) / QMAX[dtype]).clamp_min(1e-12)
+    q = (wf / scale[:, :, None]).view(n, groups * QUANT_GROUP)[:, :k]
     if dtype == "int8":
         values = q.round().clamp(-127, 127).to(torch.int8)
     else:

@@ -80,7 +80,7 @@ def test_rms_prologue_is_the_norm(M, device):
     assert_close(outs[0], xn @ w.cpu().double().T)
 
 
-@pytest.mark.parametrize("M,hole", [(1, "int8_rms_dual"), (6, "residual")])
+@pytest.mark.parametrize("M,hole", [(1, "int8_rms_dual"), (6, "residual"), (4, "int8")])
 def test_random_valid_configs(M, hole, device):
     """Every config the tuner may draw (valid ones from the grid) computes the right result."""
     p = C.problem(M, 40, 600, "bfloat16", **HOLES[hole])
@@ -89,6 +89,22 @@ def test_random_valid_configs(M, hole, device):
     assert len(configs) >= 10
     for c in random.sample(configs, 5):
         run(p, device, config=c)
+
+
+@pytest.mark.parametrize("M", [1, 2])
+def test_every_int8_value_converts_exactly(M, device):
+    """Row n of W holds the int8 value n - 128 (scale 1) and x is all ones: out[:, n] = K * (n - 128), exact in
+    fp32 (on the GPU this is the bit-trick conversion, in the interpreter a plain cast)."""
+    K = 192
+    p = C.problem(M, 256, K, "float32", w_dtype="int8")
+    w = (torch.arange(256) - 128).to(torch.int8)[:, None].expand(256, K).contiguous().to(device)
+    scale = torch.ones(256, C.scale_groups(K), device=device)
+    out = torch.full((M, 256), float("nan"), device=device)
+    x = torch.ones(M, K, device=device)
+    for c in ({"BLOCK_N": 8, "BLOCK_K": 64, "num_warps": 2, "num_stages": 1}, T.default(p, current_gpu())):
+        load_source(T.source(p)).launch(out, x, w, scale, **T.launch_kwargs(p), **c)
+        want = (K * (torch.arange(256) - 128)).float()[None, :].expand(M, 256)
+        assert torch.equal(out.cpu(), want), c
 
 
 def test_same_problem_as_matmul(device):

@@ -1,5 +1,5 @@
 """assign_precision: every kernel gets its op class; "mixed" stores the FFN weights as int8 with
-per-output-channel scales (derived at load time) and stays within the int8 tolerance; "bf16" quantizes
+scales per group of weights (derived at load time) and stays within the int8 tolerance; "bf16" quantizes
 nothing."""
 
 import pytest
