@@ -51,7 +51,7 @@ def summary_table(rec: dict):
     for label, key, fmt in ROWS:
         t.add_row(label, *(_cell(e, key, fmt) for e in engines.values()))
     ratios = rec.get("vs_best_inductor", {})
-    for phase in ("prefill", "decode"):
+    for phase in ("prefill", "decode", "energy"):
         t.add_row(f"{phase} vs best inductor",
                   *(_cell(ratios.get(n, {}), phase, "{:.2f}x") for n in engines))
     errs = rec["logits_rel_err_vs_fp32"]

@@ -111,20 +111,24 @@ def make_record(*, workload: Workload, gpu: str, driver: str, command: str, ceil
 
 
 def vs_best_inductor(engines: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    """Per engine: speed-up over the best inductor mode, for prefill (ttft) and decode (tok/s); >1 is faster.
+    """Per engine, against the best inductor mode of each figure: the speed-up for prefill (ttft) and decode
+    (tok/s), >1 is faster; and the energy per decoded token as a fraction of the lowest, <1 is less.
 
     engines maps name -> the engine's dict in the record; None where either figure is missing.
     """
     ind = [e for n, e in engines.items() if n.startswith("inductor")]
     ttfts = [e["ttft_ms"] for e in ind if e.get("ttft_ms")]
     toks = [e["decode_tok_s"] for e in ind if e.get("decode_tok_s")]
+    joules = [e["j_per_token"] for e in ind if e.get("j_per_token")]
     best_ttft = min(ttfts) if ttfts else None
     best_tok = max(toks) if toks else None
+    best_j = min(joules) if joules else None
     out = {}
     for name, e in engines.items():
-        ttft, tok = e.get("ttft_ms"), e.get("decode_tok_s")
+        ttft, tok, j = e.get("ttft_ms"), e.get("decode_tok_s"), e.get("j_per_token")
         out[name] = {"prefill": best_ttft / ttft if best_ttft and ttft else None,
-                     "decode": tok / best_tok if best_tok and tok else None}
+                     "decode": tok / best_tok if best_tok and tok else None,
+                     "energy": j / best_j if best_j and j else None}
     return out
 
 

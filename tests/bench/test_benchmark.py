@@ -148,15 +148,17 @@ def test_record_round_trip_and_schema(tmp_path):
 
 
 def test_ratios_vs_best_inductor():
-    engs = {"eager": {"ttft_ms": 60.0, "decode_tok_s": 30.0},
-            "inductor": {"ttft_ms": 50.0, "decode_tok_s": 200.0},
-            "inductor-max-autotune": {"ttft_ms": 48.0, "decode_tok_s": 210.0},
-            "ds4c": {"ttft_ms": 40.0, "decode_tok_s": None}}
+    engs = {"eager": {"ttft_ms": 60.0, "decode_tok_s": 30.0, "j_per_token": 8.0},
+            "inductor": {"ttft_ms": 50.0, "decode_tok_s": 200.0, "j_per_token": 2.4},
+            "inductor-max-autotune": {"ttft_ms": 48.0, "decode_tok_s": 210.0, "j_per_token": 2.8},
+            "ds4c": {"ttft_ms": 40.0, "decode_tok_s": None, "j_per_token": 1.8}}
     r = vs_best_inductor(engs)
     assert r["ds4c"]["prefill"] == pytest.approx(48.0 / 40.0)
     assert r["eager"]["decode"] == pytest.approx(30.0 / 210.0)
+    assert r["ds4c"]["energy"] == pytest.approx(1.8 / 2.4)  # the lowest inductor energy, not the fastest mode's
     assert r["ds4c"]["decode"] is None and r["inductor-max-autotune"]["prefill"] == 1.0
-    assert vs_best_inductor({"eager": engs["eager"]})["eager"] == {"prefill": None, "decode": None}
+    assert vs_best_inductor({"eager": engs["eager"]})["eager"] == {"prefill": None, "decode": None,
+                                                                   "energy": None}
 
 
 # --- runner on tiny-llama --------------------------------------------------------------------------------
