@@ -171,14 +171,16 @@ def run_cmd(plan_dir, prompt, max_new_tokens, chat):
     if len(ids) > plan.meta["prefill_len"]:
         raise Ds4cError(f"prompt has {len(ids)} tokens; the plan's prefill bucket is {plan.meta['prefill_len']} "
                         "(compile with a larger --prefill-len)", plan_dir)
-    weights = load_weights(folder, dtype=getattr(torch, plan.meta["dtype"]), device=device)
     saved = {}
     state_file = Path(plan_dir) / "state.safetensors"
     if state_file.exists():
         from safetensors.torch import load_file
 
         saved = load_file(str(state_file))
-    runner = LLMRunner(plan, load_kernels(plan, plan_dir), weights, saved, torch.device(device))
+    # the runner keeps the weights it reads (not those it only quantised), so no other reference is kept here
+    runner = LLMRunner(plan, load_kernels(plan, plan_dir),
+                       load_weights(folder, dtype=getattr(torch, plan.meta["dtype"]), device=device), saved,
+                       torch.device(device))
     t0 = time.perf_counter()
     out = runner.generate(ids, max_new_tokens, eos=tok.eos_id)
     dt = time.perf_counter() - t0

@@ -190,7 +190,11 @@ def _plan_memory(g: Graph, em: _Emitter) -> GraphPlan:
     steps = [Step(s.kind, s.fn, s.args, s.kwargs, s.outputs, tuple(sorted(frees.get(i, []))))
              for i, s in enumerate(steps)]
     buffers, arena = _assign_offsets(em, first_def, root_last, escaping)
-    inputs = tuple((n, g.graph["roles"][n]) for n in g.graph["inputs"])
+    # a parameter no step reads (one the plan reads only as a derived, quantised weight) is no input: the
+    # runner need not hold it
+    roles = g.graph["roles"]
+    inputs = tuple((n, roles[n]) for n in g.graph["inputs"]
+                   if not roles[n].startswith("param:") or n in last_use or n in keep)
     return GraphPlan(inputs, tuple(outputs), tuple(mutations), tuple(steps), tuple(buffers), arena)
 
 

@@ -62,13 +62,17 @@ class LLMRunner:
                  saved_state: dict[str, torch.Tensor], device: torch.device, cuda_graph: bool = True,
                  state: dict[str, torch.Tensor] | None = None, pdl: bool | None = None):
         """weights: by parameter name. Those that are parts of a derived concatenation are replaced by
-        views into it (self.weights says which tensors the runner uses), so no bytes are held twice.
+        views into it, so no bytes are held twice; those the plan reads only through derived weights
+        (quantised ones) are let go. self.weights holds the parameters the runner reads.
         state: existing buffers (by role, "buffer:<name>") to use as the plan's zero-initialised state.
         pdl: decode kernels launch as programmatic dependent launches (Hopper+ GPUs only; experimental,
         default off; None reads DS4C_PDL=1 from the environment)."""
         self.plan, self.device = plan, device
         derived = derive(plan.derived, weights)
-        self.weights = {**weights, **concat_views(plan.derived, weights, derived)}
+        read = {role.split(":", 1)[1] for gp in plan.graphs.values() for _, role in gp.inputs
+                if role.startswith("param:")}
+        views = concat_views(plan.derived, weights, derived)
+        self.weights = {k: t for k, t in {**weights, **views}.items() if k in read or k in views}
         values = {f"param:{k}": v for k, v in self.weights.items()}
         values.update({f"derived:{k}": v for k, v in derived.items()})
         self.state = state_tensors(plan, saved_state, device, state)

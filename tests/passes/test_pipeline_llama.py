@@ -188,3 +188,21 @@ def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch, device):
     supports = {kid: kernels[kid].SUPPORTS_PDL for kid in seen}
     assert any(supports.values()) and not all(supports.values())
     assert all(seen[kid] is (True if supports[kid] else None) for kid in seen)
+
+
+def test_mixed_runner_lets_the_quantised_weights_go(device):
+    """Precision "mixed": the runner holds the FFN weights only as int8 values and scales, every other
+    parameter as given, and still matches eager within the int8 tolerance."""
+    model = _model(torch.float32).to(device)
+    compiled = compile_llm(model, prefill_len=8, options=Options(precision="mixed", use_db=False, use_cache=False))
+    held = set(compiled.runner.weights)
+    ffn = {k for k in dict(model.named_parameters()) if ".mlp." in k}
+    assert len(ffn) == 3 * L and not held & ffn
+    assert held == set(dict(model.named_parameters())) - ffn
+    tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
+    last = torch.tensor([7], device=device)
+    got = compiled.runner.prefill(tokens, last).float().clone()
+    reset_cache(model)
+    with torch.no_grad():
+        want = model.prefill(tokens, last).float()
+    assert_close(got, want, dtype=torch.int8)
