@@ -56,9 +56,12 @@ def tma_ok(p: Problem, gpu: GpuInfo) -> bool:
 
 def tma_smem_bytes(config: Config, p: Problem) -> int:
     """Shared memory of IMPL=2: the operand stages (x loaded once, dual weights too) plus the output tile
-    the TMA store reads, halved where the epilogue stores the tile in two halves (BLOCK_N >= 128)."""
+    the TMA store reads, halved where the epilogue stores the tile in two halves (BLOCK_N >= 128); extra
+    inputs take as much again (their tiles change layout through shared memory: Triton 3.6 asked 262176
+    bytes for 128x256x64 at 4 stages with a residual on the H200, 32800 more than without)."""
     bm, bn = config["BLOCK_M"], config["BLOCK_N"]
-    return smem_bytes(config, p) + bm * (bn // 2 if bn >= 128 else bn) * dtype_of(p["dtype"]).itemsize
+    store = bm * (bn // 2 if bn >= 128 else bn) * dtype_of(p["dtype"]).itemsize
+    return smem_bytes(config, p) + store * (2 if p["n_extra"] else 1)
 
 
 def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:

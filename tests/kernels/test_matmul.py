@@ -263,14 +263,48 @@ def test_tma_many_tiles_per_program(hole, device):
     run(p, device, config=tma_config(64, 64, 32, 8, 4, 3))
 
 
+# Dual weights run as one dot over a [2, BLOCK_N, BLOCK_K] box of both weights (stacked) or as two dots
+# sharing the x box (the module constant _TMA_DUAL_STACKED picks): both are tested.
+DUAL_PATHS = {"stacked": True, "two_dots": False}
+
+
+@pytest.mark.parametrize("path", sorted(DUAL_PATHS))
 @pytest.mark.parametrize("stages", [2, 3, 4])
-def test_tma_dual_pipelined(stages, device):
-    """The dual product feeds one x box to two dots: right at every pipeline depth, run after run."""
+def test_tma_dual_pipelined(stages, path, device, monkeypatch):
+    """Both dual paths are right at every pipeline depth, run after run (a shared-memory race would move)."""
     p = C.problem(300, 512, 1024, "bfloat16", **TMA_HOLES["dual_swiglu"])
+    monkeypatch.setattr(load_source(T.source(p)), "_TMA_DUAL_STACKED", DUAL_PATHS[path])
     c = tma_config(128, 128, 64, 8, 8, stages)
     assert T.valid(c, p, H200)
     for seed in range(2):
         run(p, device, config=c, seed=seed)
+
+
+@pytest.mark.parametrize("path", sorted(DUAL_PATHS))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_tma_dual_paths_everything(dtype, path, device, monkeypatch):
+    p = C.problem(130, 264, 104, dtype, **TMA_HOLES["everything"])
+    monkeypatch.setattr(load_source(T.source(p)), "_TMA_DUAL_STACKED", DUAL_PATHS[path])
+    run(p, device, config=tma_config(64, 128, 32, 4, 4, 3))
+
+
+@pytest.mark.parametrize("layout", ["w2_below_w", "one_tensor", "same_tensor"])
+def test_tma_dual_weights_anywhere(layout, device):
+    """The stacked descriptor starts at whichever weight is lower in memory (the epilogue swaps them back);
+    the same tensor twice (no distance to stride by) takes the two dots."""
+    p = C.problem(96, 136, 80, "bfloat16", **TMA_HOLES["dual_swiglu"])
+    outs, (x, w, w2) = T.make_inputs(p, device, torch.Generator().manual_seed(random.randrange(2**31)))
+    both = torch.empty(2 * p["N"], p["K"], dtype=w.dtype, device=device)
+    if layout == "w2_below_w":
+        both[: p["N"]], both[p["N"]:] = w2, w
+        w2, w = both[: p["N"]], both[p["N"]:]
+    elif layout == "one_tensor":
+        both[: p["N"]], both[p["N"]:] = w, w2
+        w, w2 = both[: p["N"]], both[p["N"]:]
+    else:
+        w2 = w
+    load_source(T.source(p)).launch(*outs, x, w, w2, eps=0.0, **tma_config(64, 64, 32, 1, 4, 2))
+    assert_close(outs[0], T.reference(p, [x, w, w2])[0], what=layout)
 
 
 def test_tma_strided_x_and_extras(device):
@@ -284,6 +318,8 @@ def test_tma_valid_prunes():
     assert T.valid(tile, p, H200)
     assert T.valid({**tile, "num_stages": 4}, p, H200)  # 196608 + 32768 bytes (the store in two halves)
     assert not T.valid({**tile, "num_stages": 5}, p, H200)
+    residual = {**p, "n_extra": 1, "epilogue": ("add", "acc", "e0")}  # its tile changes layout in shared memory
+    assert T.valid(tile, residual, H200) and not T.valid({**tile, "num_stages": 4}, residual, H200)
     dual = {**p, "dual": True, "epilogue": C.SWIGLU}
     assert not T.valid(tile, dual, H200)  # two 128x256 accumulators
     assert T.valid({**tile, "BLOCK_N": 128, "num_stages": 4}, dual, H200)
