@@ -39,10 +39,9 @@ SHAPES = [("qkv", 6144, 4096, {}), ("o", 4096, 4096, RESIDUAL),
 TMA = [("tma", (128, 256, 64, 8, 8, 3), {}), ("tma-no-flatten", (128, 256, 64, 8, 8, 3), {"_TMA_FLATTEN": False}),
        ("tma", (128, 256, 64, 8, 8, 4), {}), ("tma", (256, 128, 64, 8, 8, 3), {})]
 STACKED, TWO_DOTS = {"_TMA_DUAL_STACKED": True}, {"_TMA_DUAL_STACKED": False}
-TMA_DUAL = [("tma-stacked", (128, 128, 64, 8, 8, s), STACKED) for s in (3, 4, 2)]
-TMA_DUAL += [("tma-stacked", (256, 64, 64, 8, 8, 3), STACKED), ("tma-stacked", (128, 128, 64, 4, 8, 4), STACKED),
-             ("tma-stacked-no-flatten", (128, 128, 64, 8, 8, 4), {**STACKED, "_TMA_FLATTEN": False})]
-TMA_DUAL += [("tma-two-dots", (128, 128, 64, 8, 8, s), TWO_DOTS) for s in (4, 2)]
+TMA_DUAL = [("tma-stacked", (128, 128, 64, 8, 8, s), STACKED) for s in (4, 3)]
+TMA_DUAL += [("tma-stacked-flatten", (128, 128, 64, 8, 8, s), {**STACKED, "_TMA_FLATTEN": True}) for s in (4, 3)]
+TMA_DUAL += [("tma-stacked", (256, 64, 64, 8, 8, 3), STACKED), ("tma-two-dots", (128, 128, 64, 8, 8, 4), TWO_DOTS)]
 
 
 def tma(bm, bn, bk, group, warps, stages) -> dict:
@@ -68,7 +67,7 @@ def bench_shape(name: str, N: int, K: int, kw: dict, M: int, gen, rows: list, wr
     gpu = current_gpu()
     outs, ins = T.make_inputs(p, torch.device("cuda"), gen)
     mod = load_source(T.source(p))
-    defaults = {k: getattr(mod, k) for k in ("_TMA_FLATTEN", "_TMA_X_TWICE", "_TMA_DUAL_STACKED")}
+    defaults = {k: getattr(mod, k) for k in ("_TMA_FLATTEN", "_TMA_DUAL_STACKED")}
     flops, _ = T.cost(p)
     expected, blas_us = None, None
     for variant, config, consts in candidates(p, gpu):

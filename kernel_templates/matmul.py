@@ -147,15 +147,17 @@ def tile_default(problem: Problem, gpu: GpuInfo) -> Config:
 
 
 def tma_default(problem: Problem, gpu: GpuInfo) -> Config | None:
-    """The IMPL=2 tile the tuner measures first: 128x256x64 (128x128 a weight with dual weights) on 8 warps,
-    3 stages, grouped by 8 (the best persistent TMA tile in our H200 measurements); None where IMPL=2 does
-    not take the problem."""
+    """The IMPL=2 tile the tuner measures first: 128x256x64 on 8 warps, 3 stages, grouped by 8; with dual
+    weights 128x128 a weight (one 128x256 accumulator) at 4 stages. On the H200 at M=2048 these ran the
+    Llama-3.1-8B layers at 0.96-1.07 of cuBLAS, and gate/up with its SwiGLU at 1.13 of cuBLAS's two products
+    and silu*mul pass (bench/results/2026-12-03-matmul-tma-h200.json). None where IMPL=2 does not take the
+    problem."""
     p = problem
     bk = 32 if p["dtype"] == "float32" else 64
-    bn = 128 if p["dual"] else 256
+    bn, stages = (128, 4) if p["dual"] else (256, 3)
     bm = min(128, max(64, _pow2_ceil(p["M"])))
     c = {"BLOCK_M": bm, "BLOCK_N": min(bn, max(64, _pow2_ceil(p["N"]))), "BLOCK_K": min(bk, _pow2_ceil(p["K"])),
-         "GROUP_M": 8 if p["M"] > bm else 1, "num_warps": 8, "num_stages": 3, "IMPL": 2}
+         "GROUP_M": 8 if p["M"] > bm else 1, "num_warps": 8, "num_stages": stages, "IMPL": 2}
     while not valid(c, p, gpu) and c["num_stages"] > 1:
         c["num_stages"] -= 1
     return c if valid(c, p, gpu) else None
