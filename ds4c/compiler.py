@@ -5,7 +5,10 @@ Used by `ds4c compile` (ds4c/llm.py) and the torch.compile backend (ds4c/backend
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -30,12 +33,35 @@ class Options:
     use_cache: bool = True  # reuse a compiled plan of the same model, options and ds4c (configs re-chosen)
 
 
+def _import_off_stack(module: str) -> None:
+    """Import module on a thread of its own the first time. Optuna keeps the ImportError of each optional
+    backend it lacks (redis, ...) for a later message, and with its traceback every frame of the stack that
+    imported it: imported from here, the frames of compile_llm and its callers, and so the compiled model
+    they return, would stay alive as long as the process."""
+    if module in sys.modules:
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except BaseException as e:  # raised again below, from the caller's stack
+            failed.append(e)
+
+    t = threading.Thread(target=run, name=f"import {module}")
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0].with_traceback(None)
+
+
 def make_chooser(options: Options, gpu: GpuInfo | None = None) -> Chooser:
     """(template, problem) -> (config, how): tuned entry, nearest tuned shape, fresh tuning, or default."""
     gpu = gpu or current_gpu()
     db = None
     if options.use_db:
-        from ds4c.tuning_db.db import TuningDB  # optuna is heavy: only when a database is used
+        _import_off_stack("ds4c.tuning_db.db")  # optuna is heavy: only when a database is used
+        from ds4c.tuning_db.db import TuningDB
 
         db = TuningDB(options.db_url)
 
