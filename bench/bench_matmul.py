@@ -28,7 +28,7 @@ from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates import matmul as matmul_template
-from ds4c.precision import QUANT_GROUP, TOLERANCE, rel_error
+from ds4c.precision import TOLERANCE, dequantize, rel_error
 from ds4c.runtime.loader import load_source
 
 # (name, N, K, dual): Llama-3.1-8B linear layers; gate+up is one dual-weight kernel with N = 14336
@@ -46,8 +46,7 @@ def _torch_fn(p: dict, ins: list):
         w = args[name]
         if p["w_dtype"] == "same":
             return w
-        scale = args[name + "_scale"].repeat_interleave(QUANT_GROUP, dim=1)[:, :p["K"]]
-        return (w.to(torch.float32) * scale).to(act)
+        return dequantize(w, args[name + "_scale"]).to(act)
 
     x = args["x"]
     if p["dual"]:

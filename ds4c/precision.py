@@ -75,6 +75,17 @@ class Precision:
 QUANT_GROUP = 64
 
 
+def scale_groups(k: int) -> int:
+    """Scales per row of a quantised weight of k columns (the last group may be short)."""
+    return -(-k // QUANT_GROUP)
+
+
+def dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """w [N, K] (int8/fp8) times its scales [N, scale_groups(K)], in float32 on w's device."""
+    per_weight = scale.to(torch.float32).repeat_interleave(QUANT_GROUP, dim=1)[:, :w.shape[1]]
+    return w.to(torch.float32) * per_weight
+
+
 # op class -> Precision, per named mode. "bf16" keeps the model's dtype everywhere with fp32 accumulation;
 # "mixed" stores FFN weights as int8 (one scale per QUANT_GROUP weights) and keeps attention and norms in bf16.
 POLICY: dict[str, dict[str, Precision]] = {

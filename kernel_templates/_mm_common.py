@@ -24,7 +24,7 @@ import torch
 
 from ds4c.kernel_templates import expr as E
 from ds4c.kernel_templates.base import Problem, dtype_of, randn
-from ds4c.precision import QUANT_GROUP
+from ds4c.precision import QUANT_GROUP, dequantize, scale_groups
 
 KEYS = ("M", "N", "K", "dtype", "w_dtype", "rms_eps", "dual", "bias", "n_extra", "epilogue")
 ACT_DTYPES = ("float32", "float16", "bfloat16")
@@ -89,11 +89,6 @@ def holes(p: Problem) -> dict:
     }
 
 
-def scale_groups(K: int) -> int:
-    """Scales per row of a quantised [N, K] weight."""
-    return -(-K // QUANT_GROUP)
-
-
 def arg_names(p: Problem) -> list[str]:
     """Names of the inputs launch takes after `out`, in order."""
     names = ["x"] + (["norm_w"] if p["rms_eps"] is not None else []) + ["w"]
@@ -137,11 +132,8 @@ def make_inputs(p: Problem, device, gen: torch.Generator) -> tuple[list, list]:
 
 
 def _dequant(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    w = w.detach().cpu().to(torch.float32)
-    if scale is None:
-        return w
-    per_weight = scale.detach().cpu().to(torch.float32).repeat_interleave(QUANT_GROUP, dim=1)
-    return w * per_weight[:, :w.shape[1]]
+    w = w.detach().cpu()
+    return w.to(torch.float32) if scale is None else dequantize(w, scale.detach().cpu())
 
 
 def reference(p: Problem, ins: list) -> list:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from ds4c.ir import Graph, bump, is_live_out, op_of, ordered, set_op, users
-from ds4c.precision import POLICY, QUANT_GROUP
+from ds4c.precision import POLICY, scale_groups
 
 from .cleanup import copy_graph
 from .derive import derived_input, weight_type
@@ -68,7 +68,7 @@ def _quantize(g: Graph, op, dtype: torch.dtype):
     def q(w):
         n, k = weight_type(g, w).shape
         return (derived_input(g, "quant", [w], (n, k), dtype, dtype=qname, part="values"),
-                derived_input(g, "quant", [w], (n, -(-k // QUANT_GROUP)), torch.float32, dtype=qname,
+                derived_input(g, "quant", [w], (n, scale_groups(k)), torch.float32, dtype=qname,
                               part="scale"))
 
     w, ws = q(mp.w)

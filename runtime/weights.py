@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ds4c.precision import QUANT_GROUP
+from ds4c.precision import QUANT_GROUP, scale_groups
 
 from .plan import PlanError
 
@@ -23,7 +23,7 @@ def quantize(w: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
     if w.dim() != 2:
         raise PlanError(f"only 2-D weights are quantized, got shape {tuple(w.shape)}")
     n, k = w.shape
-    groups = -(-k // QUANT_GROUP)
+    groups = scale_groups(k)
     wf = torch.nn.functional.pad(w.float(), (0, groups * QUANT_GROUP - k)).view(n, groups, QUANT_GROUP)
     scale = (wf.abs().amax(dim=2) / QMAX[dtype]).clamp_min(1e-12)
     q = (wf / scale[:, :, None]).view(n, groups * QUANT_GROUP)[:, :k]
