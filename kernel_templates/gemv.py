@@ -14,12 +14,13 @@ MAX_ROWS = 16
 
 SPACE = SearchSpace((
     ("BLOCK_N", (4, 8, 16, 32, 64, 128, 256, 512, 1024)),  # > 64: the interpreter only (registers)
-    ("BLOCK_K", (64, 128, 256, 512, 1024)),
+    ("BLOCK_K", (64, 128, 256, 512, 1024, 2048)),
     ("num_warps", (1, 2, 4, 8)),
     ("num_stages", (1, 2, 3, 4)),
 ))
 
 _ACC_REGS = 64  # fp32 accumulator registers per thread we allow
+_STEP_REGS = 128  # quantised weights: fp32 registers per thread for one step's converted weight tile
 
 
 def _pow2_ceil(n: int) -> int:
@@ -43,14 +44,18 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
     n_acc = 2 if p["dual"] else 1
     if _pow2_ceil(p["M"]) * bn * bk > 1 << 20:
         return False  # Triton's largest tensor
-    if _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads and not gpu.is_interpreter:
-        return False  # the interpreter has no registers: there, fewer and larger programs are faster
+    quant = p["w_dtype"] != "same"
+    if not gpu.is_interpreter:  # the interpreter has no registers: there, fewer and larger programs are faster
+        if not quant and _pow2_ceil(p["M"]) * bn * bk * n_acc > _ACC_REGS * threads:
+            return False  # the fp32 product tile lives across the K loop
+        if quant and _pow2_ceil(p["M"]) * bn * bk * n_acc > _STEP_REGS * threads:
+            return False  # the accumulator is one value per scale group; a step's converted tile is transient
     # up to 8 weight elements (one 16-byte bf16 load) per thread and step; fewer when many rows share them
     if bn * bk < threads * max(1, 8 // _pow2_ceil(p["M"])):
         return False
     if bn > max(4, _pow2_ceil(p["N"])) or bk > max(64, _pow2_ceil(p["K"])):
         return False
-    if p["w_dtype"] != "same" and bk % QUANT_GROUP:  # quantised: whole scale groups per K tile
+    if quant and bk % QUANT_GROUP:  # quantised: whole scale groups per K tile
         return False
     wb = dtype_of(p["dtype"]).itemsize if p["w_dtype"] == "same" else 1
     return config["num_stages"] * bn * bk * wb * n_acc <= gpu.smem_per_block
