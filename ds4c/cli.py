@@ -114,7 +114,7 @@ def _dtype(name: str | None, device: str):
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default=None,
               help="model dtype (default: bfloat16 on a GPU, float32 on the CPU interpreter)")
 @click.option("--precision", type=click.Choice(["bf16", "mixed"]), default="bf16", show_default=True,
-              help="policy mode: mixed stores FFN weights as INT8")
+              help="policy mode: mixed stores FFN and output-head weights as INT8")
 @click.option("--db", "db_url", default=None, help="tuning database URL (default: $DS4C_DB or the cache file)")
 @click.option("--tune-trials", default=0, show_default=True, help="tune kernels the database lacks")
 @click.option("--report", is_flag=True, help="print fusion groups and every op left on ATen")

@@ -13,7 +13,7 @@ from ds4c.precision import POLICY, scale_groups
 
 from .cleanup import copy_graph
 from .derive import derived_input, weight_type
-from .match import is_weight
+from .match import VIEW_OPS, is_weight
 from .matmul import MM, args_of, parts
 
 _CLASS = {"kernel:rmsnorm": "norm", "kernel:softmax": "pointwise", "kernel:pointwise": "pointwise",
@@ -23,16 +23,24 @@ _CLASS = {"kernel:rmsnorm": "norm", "kernel:softmax": "pointwise", "kernel:point
 
 def classify_matmul(g: Graph, name: str) -> str:
     """ffn_matmul: SwiGLU dual matmuls and the matmul reading one; lm_head: a matmul producing a graph
-    output; attn_matmul: the rest."""
+    output (directly or through views); attn_matmul: the rest."""
     op = op_of(g, name)
     if op.problem["dual"]:
         return "ffn_matmul"
     x = parts(op).x
     if op_of(g, x.node).target in MM and op_of(g, x.node).problem["dual"]:
         return "ffn_matmul"
-    if is_live_out(g, name) or any(op_of(g, u).target == "aten.index_select.default" for u in users(g, name)):
+    if _reaches_output(g, name):
         return "lm_head"
     return "attn_matmul"
+
+
+def _reaches_output(g: Graph, name: str) -> bool:
+    """True when name, or a view of it (the logits reshaped), is a graph output or is indexed to make one."""
+    if is_live_out(g, name):
+        return True
+    return any(op_of(g, u).target == "aten.index_select.default"
+               or (op_of(g, u).target in VIEW_OPS and _reaches_output(g, u)) for u in users(g, name))
 
 
 def assign_precision(mode: str):

@@ -6,7 +6,7 @@
 Engines: "eager" (the model's own methods), "inductor" (torch.compile default for prefill,
 mode="reduce-overhead" for decode), "inductor-max-autotune" (mode="max-autotune" for both; CUDA graphs)
 and "ds4c" (ds4c.llm.compile_llm; prefill and decode each one CUDA graph replay). "ds4c-pdl" (programmatic
-dependent launches) and "ds4c-mixed" (int8 FFN weights) run only when named. Outputs may live in a CUDA
+dependent launches) and "ds4c-mixed" (int8 FFN and head weights) run only when named. Outputs may live in a CUDA
 graph's memory pool: a caller that keeps logits past the next call must clone them.
 """
 
@@ -101,7 +101,7 @@ BUILDERS: dict[str, Callable[..., Engine]] = {
     "inductor-max-autotune": _max_autotune,
     "ds4c": _ds4c,
     "ds4c-pdl": _ds4c_pdl,  # experimental, only when asked for: decode with programmatic dependent launches
-    "ds4c-mixed": _ds4c_mixed,  # only when asked for: FFN weights in int8 (precision mode "mixed")
+    "ds4c-mixed": _ds4c_mixed,  # only when asked for: FFN and head weights in int8 (precision mode "mixed")
 }
 ENGINE_NAMES: tuple[str, ...] = ("eager", "inductor", "inductor-max-autotune", "ds4c")  # the default run
 INDUCTOR_ENGINES: tuple[str, ...] = ("inductor", "inductor-max-autotune")

@@ -263,6 +263,6 @@ def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
 
 
 def test_cli_ds4c_mixed_engine_runs_int8_ffn_weights_only_when_asked(tmp_path):
-    """ds4c-mixed is the ds4c engine with precision "mixed" (int8 FFN weights)."""
+    """ds4c-mixed is the ds4c engine with precision "mixed" (int8 FFN and head weights)."""
     e = _tiny_run_with("ds4c-mixed", tmp_path)
     assert e["modes"]["prefill"].endswith("precision mixed")

@@ -191,14 +191,15 @@ def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch, device):
 
 
 def test_mixed_runner_lets_the_quantised_weights_go(device):
-    """Precision "mixed": the runner holds the FFN weights only as int8 values and scales, every other
-    parameter as given, and still matches eager within the int8 tolerance."""
+    """Precision "mixed": the runner holds the FFN and (untied) head weights only as int8 values and scales,
+    every other parameter as given, and still matches eager within the int8 tolerance."""
+    assert not CFG.tie_word_embeddings
     model = _model(torch.float32).to(device)
     compiled = compile_llm(model, prefill_len=8, options=Options(precision="mixed", use_db=False, use_cache=False))
     held = set(compiled.runner.weights)
-    ffn = {k for k in dict(model.named_parameters()) if ".mlp." in k}
-    assert len(ffn) == 3 * L and not held & ffn
-    assert held == set(dict(model.named_parameters())) - ffn
+    int8 = {k for k in dict(model.named_parameters()) if ".mlp." in k} | {"lm_head.weight"}
+    assert len(int8) == 3 * L + 1 and not held & int8
+    assert held == set(dict(model.named_parameters())) - int8
     tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
     last = torch.tensor([7], device=device)
     got = compiled.runner.prefill(tokens, last).float().clone()
