@@ -21,6 +21,7 @@ ROWS = (  # (label, record key in the engine dict, format)
     ("decode tok/s", "decode_tok_s", "{:.1f}"),
     ("decode tok/s (loop)", "decode_tok_s_loop", "{:.1f}"),
     ("J / token", "j_per_token", "{:.2f}"),
+    ("decode W", "decode_watts", "{:.0f}"),
     ("peak mem GiB", "peak_mem_gib", "{:.2f}"),
     ("launches / step", "launches_per_step", "{:.1f}"),
     ("compile s cold", "compile_s_cold", "{:.3g}"),

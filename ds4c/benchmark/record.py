@@ -49,6 +49,7 @@ class EngineResult:
     decode_ms_p10: float | None = None
     decode_ms_p90: float | None = None
     j_per_token: float | None = None
+    decode_watts: float | None = None  # mean GPU power over the timed decode loops (energy / their time)
     peak_mem_gib: float | None = None
     launches_per_step: float | None = None
     compile_s_cold: float | None = None

@@ -184,10 +184,12 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
             decode_loop(eng, first, inputs, stamps=st)
             step_ms += st.elapsed_ms()
             loop_ms.append(st.total_ms())
-        j_per_token = None
+        j_per_token = watts = None
         if meter:
             measure.sync(device)
-            j_per_token = (meter.read_mj() - e0) / 1e3 / (spec.repeats * spec.decode_len)
+            joules = (meter.read_mj() - e0) / 1e3
+            j_per_token = joules / (spec.repeats * spec.decode_len)
+            watts = joules / (sum(loop_ms) / 1e3) if sum(loop_ms) > 0 else None
         peak = measure.peak_gib(device)
         step = measure.Stats.of(step_ms)
 
@@ -210,7 +212,8 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
     res = EngineResult(
         ttft_ms=ttft.median, ttft_ms_p10=ttft.p10, ttft_ms_p90=ttft.p90,
         decode_tok_s=tok_s, decode_tok_s_loop=spec.decode_len * 1e3 / measure.quantile(loop_ms, 0.5),
-        decode_ms_p10=step.p10, decode_ms_p90=step.p90, j_per_token=j_per_token, peak_mem_gib=peak,
+        decode_ms_p10=step.p10, decode_ms_p90=step.p90, j_per_token=j_per_token, decode_watts=watts,
+        peak_mem_gib=peak,
         launches_per_step=launches, compile_s_cold=cold, compile_s_warm=warm,
         decode_roofline_share=tok_s / floors["decode_tok_s"] if floors["decode_tok_s"] else None,
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,

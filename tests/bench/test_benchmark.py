@@ -7,6 +7,7 @@ import json
 import math
 import random
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -206,6 +207,29 @@ def test_runner_tiny_llama_eager(monkeypatch):
     assert rec["engines"]["inductor"]["decode_tok_s"] > 0  # the run went on after the failure
     assert rec["workload"]["prompt_len"] == spec.prompt_len and rec["workload"]["batch"] == 1
     assert ("eager", "prefill") in phases and ("eager", "done") in phases
+
+
+class _ClockMeter:
+    """An energy counter that advances with wall time at a fixed power: the figures must give it back."""
+
+    WATTS = 350.0
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def read_mj(self) -> int:
+        return int((time.perf_counter() - self.t0) * self.WATTS * 1e3)
+
+
+def test_energy_figures_from_the_counter(monkeypatch):
+    monkeypatch.setattr(measure.EnergyMeter, "open", staticmethod(lambda device: (_ClockMeter(), None)))
+    spec = BenchSpec(config="tiny-llama", prompt_len=9, decode_len=4, warmup=1, repeats=3, engines=("eager",),
+                     seed=random.randint(0, 999), ceiling_sizes=TINY_CEILINGS, warm_compile=False)
+    e = run_bench(spec, CPU, command="test")["engines"]["eager"]
+    # the counter also runs between loops, so the mean power is at least the meter's, and not far above it
+    assert _ClockMeter.WATTS * 0.99 <= e["decode_watts"] <= _ClockMeter.WATTS * 1.5
+    # J/token is the power times the time of a token, the loop's (not the median step's)
+    assert e["j_per_token"] == pytest.approx(e["decode_watts"] / e["decode_tok_s_loop"], rel=0.05)
 
 
 def test_cli_writes_record(tmp_path, monkeypatch):
