@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import platform
 
 import torch
-import torch.nn.functional as F
 
 from ds4c.benchmark.record import git_commit
 from ds4c.benchmark.runner import BenchSpec, fp32_reference, make_inputs, make_model
@@ -46,23 +46,18 @@ def quantised_copy(model, groups: set[str]):
                     lin = layer.get_submodule(path)
                     lin.weight.copy_(_fake_quant(lin.weight))
         if "lm_head" in groups:
-            if m.config.tie_word_embeddings:  # the head gets its own int8 copy; the lookup keeps bf16
-                w = _fake_quant(m.model.embed_tokens.weight)
-                head = lambda h, w=w: F.linear(h, w)  # noqa: E731
-                m.lm_head_override = head
-            else:
-                m.lm_head.weight.copy_(_fake_quant(m.lm_head.weight))
+            head = m.model.embed_tokens.weight if m.config.tie_word_embeddings else m.lm_head.weight
+            # a tied head gets its own int8 copy (untied here); the token lookup keeps bf16
+            m.config = dataclasses.replace(m.config, tie_word_embeddings=False)
+            m.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False, dtype=head.dtype,
+                                        device=head.device)
+            m.lm_head.weight.copy_(_fake_quant(head))
     return m
 
 
 def prefill_logits(m, inputs) -> torch.Tensor:
     with torch.no_grad():
-        if getattr(m, "lm_head_override", None) is None:
-            return m.prefill(inputs.tokens, inputs.last).float()
-        from ds4c.models.llama import _hidden
-
-        h = _hidden(m, inputs.tokens, None).index_select(1, inputs.last)
-        return m.lm_head_override(m.model.norm(h)).view(1, -1).float()
+        return m.prefill(inputs.tokens, inputs.last).float()
 
 
 def main() -> None:
