@@ -68,18 +68,15 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     accumulator per scale group): BLOCK_N 4, BLOCK_K 1024, 3 stages; tuned Llama-3.1-8B gate/up and down
     projections took these tiles (34.9 and 21.7 us, bench/results/2026-12-03-tuning-db-h200-run9.json)."""
     if problem["w_dtype"] != "same":
-        order = ((1024, 512, 256, 128, 64), (4, 8, 2, 16, 32), (4, 8, 2, 1), 3)
+        bks, bns, warps_order, stages = (1024, 512, 256, 128, 64), (4, 8, 2, 16, 32), (4, 8, 2, 1), 3
     else:
-        order = ((512, 256, 128, 64, 1024), (8, 16, 4, 32, 64), (4, 2, 8, 1), 2)
-    bks, bns, warps_order, stages = order
+        bks, bns, warps_order, stages = (512, 256, 128, 64, 1024), (8, 16, 4, 32, 64), (4, 2, 8, 1), 2
     for bk in bks:
         for bn in bns:
             for warps in warps_order:
                 c = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
                 if valid(c, problem, gpu):
                     return c
-                if valid(dict(c, num_stages=1), problem, gpu):
-                    return dict(c, num_stages=1)
     raise ValueError(f"no valid gemv config for {problem}")
 
 

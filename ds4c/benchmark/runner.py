@@ -189,7 +189,8 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
             measure.sync(device)
             joules = (meter.read_mj() - e0) / 1e3
             j_per_token = joules / (spec.repeats * spec.decode_len)
-            watts = joules / (sum(loop_ms) / 1e3) if sum(loop_ms) > 0 else None
+            loops_s = sum(loop_ms) / 1e3
+            watts = joules / loops_s if loops_s > 0 else None
         peak = measure.peak_gib(device)
         step = measure.Stats.of(step_ms)
 
