@@ -133,15 +133,19 @@ def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Choose
         p = op.problem
         for i in _TABLES[op.template]:
             args[i] = em.reshape(args[i], (p["T"], p["D"]), copy_ok=True)
+    fresh = len(op.outputs) - op.writes
+    if flatten is not None and fresh != 1:
+        raise ValueError(f"{name}: a {op.template} kernel has one fresh output, this one has {fresh}")
     buf = name if out_shape == out_t.shape else em.tmp(name)
-    em.buffers[buf] = Buffer(buf, tuple(out_shape), str(out_t.dtype).removeprefix("torch."), 0)
-    em.alias[buf] = buf
+    bufs = [buf] + [_name(Ref(name, i)) for i in range(1, fresh)]  # a buffer per fresh output
+    for b, shape, t in zip(bufs, [out_shape] + [o.shape for o in op.outputs[1:fresh]], op.outputs, strict=False):
+        em.buffers[b] = Buffer(b, tuple(shape), str(t.dtype).removeprefix("torch."), 0)
+        em.alias[b] = b
     kwargs = table.target.launch_kwargs(op.template, op.problem)
-    em.steps.append(Step("kernel", kid, tuple(TensorArg(a) for a in args), kwargs, (buf,)))
+    em.steps.append(Step("kernel", kid, tuple(TensorArg(a) for a in args), kwargs, tuple(bufs)))
     if buf != name:
         em.steps.append(Step("aten", "aten.view.default", (TensorArg(buf), list(out_t.shape)), {}, (name,)))
         em.alias[name] = buf
-    fresh = len(op.outputs) - op.writes
     for i in range(op.writes):  # written in place: the outputs name the args (views, no launch)
         out = _name(Ref(name, fresh + i))
         em.steps.append(Step("aten", "aten.alias.default", (TensorArg(args[i]),), {}, (out,)))

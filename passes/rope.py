@@ -1,13 +1,26 @@
 """Rotary embedding: x * cos + rotate_half(x) * sin (Hugging Face layout,
 rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2])) -> one `rope` kernel; then an attention step's two ropes
-and its two KV-cache writes -> one `rope_kv` kernel. Runs after clean-up, before the pointwise fusion would
-split the pattern into pieces."""
+and its two KV-cache writes -> one `rope_kv` kernel (in prefill it also writes the rotated k that the
+attention reads). Runs after clean-up, before the pointwise fusion would split the pattern into pieces."""
 
 from __future__ import annotations
 
 import torch
 
-from ds4c.ir import Graph, Op, Ref, add_node, bump, op_of, ordered, out_type, replace_uses, set_op, users
+from ds4c.ir import (
+    Graph,
+    Op,
+    Ref,
+    TensorType,
+    add_node,
+    bump,
+    op_of,
+    ordered,
+    out_type,
+    replace_uses,
+    set_op,
+    users,
+)
 
 from .cleanup import copy_graph, eliminate_dead_code
 from .match import sole_user, target_of
@@ -124,27 +137,46 @@ def _cache_write(g: Graph, name: str):
     return cache, pos, src
 
 
+def _v_write(g: Graph, ref, pos, kc):
+    """The index_copy_ that writes ref (not a rope) into a v cache other than kc at pos, or None."""
+    if not isinstance(ref, Ref) or ref.index != 0 or target_of(g, ref) == "kernel:rope":
+        return None
+    for u in users(g, ref.node):
+        w = _cache_write(g, u)
+        if w is not None and w[2] == ref and w[1] == pos and w[0] != kc:
+            return u
+    return None
+
+
 def _rope_kv_match(g: Graph, ck: str):
-    """(rope of q, rope of k, index_copy_ of v) that join index_copy_ ck of rope(k) into one rope_kv: one
-    consumer (the attention) reads the rotated q and both written caches, and the ropes share their tables.
+    """(rope of q, rope of k, index_copy_ of v, k_out) that join index_copy_ ck of rope(k) into one rope_kv;
+    the ropes share their tables, and one consumer (the attention) reads the rotated q and either both written
+    caches (decode; k_out False) or the rotated k and the v that goes into the cache (prefill; k_out True).
     The tables and positions are shared by every layer, so the consumer is what ties one layer's parts."""
     kw = _cache_write(g, ck)
-    if kw is None or target_of(g, kw[2]) != "kernel:rope" or sole_user(g, kw[2].node) != ck:
+    if kw is None or target_of(g, kw[2]) != "kernel:rope":
         return None
     kc, pos, rk = kw[0], kw[1], kw[2].node
     rk_op = op_of(g, rk)
+    k_readers = [u for u in users(g, rk) if u != ck]
+    if len(k_readers) > 1:
+        return None
+    k_out = bool(k_readers)
     found = set()
-    for a in users(g, ck):
+    for a in k_readers or users(g, ck):
         refs = [r for r in op_of(g, a).args if isinstance(r, Ref)]
         rqs = [r.node for r in refs if r.index == 0 and op_of(g, r.node).target == "kernel:rope" and r.node != rk
                and op_of(g, r.node).args[1:] == rk_op.args[1:] and sole_user(g, r.node) == a]
-        cvs = [r.node for r in refs if r.index == 0 and r.node != ck and (w := _cache_write(g, r.node)) is not None
-               and w[1] == pos and w[0] != kc and target_of(g, w[2]) != "kernel:rope"]
+        if k_out:
+            cvs = [v for r in refs if r != Ref(rk) and (v := _v_write(g, r, pos, kc)) is not None]
+        else:
+            cvs = [r.node for r in refs if r.index == 0 and r.node != ck and (w := _cache_write(g, r.node)) is not None
+                   and w[1] == pos and w[0] != kc and target_of(g, w[2]) != "kernel:rope"]
         if len(rqs) == 1 and len(cvs) == 1:
-            found.add((rqs[0], rk, cvs[0]))
+            found.add((rqs[0], rk, cvs[0], k_out))
     if len(found) != 1:
         return None
-    rq, _, _ = m = found.pop()
+    rq, _, _, _ = m = found.pop()
     pq, pk = op_of(g, rq).problem, rk_op.problem
     if any(pq[k] != pk[k] for k in ("B", "T", "D", "dtype", "cos_dtype")):
         return None
@@ -153,10 +185,24 @@ def _rope_kv_match(g: Graph, ck: str):
     return m
 
 
+def _bthd(t: TensorType) -> TensorType:
+    """The contiguous [B, T, H, D] type of the values of a [B, H, T, D] tensor."""
+    b, h, n, d = t.shape
+    return TensorType((b, n, h, d), t.dtype, (n * h * d, h * d, d, 1))
+
+
+def _as_bhtd(t: TensorType) -> TensorType:
+    """transpose(1, 2) of a contiguous [B, T, H, D] type."""
+    b, n, h, d = t.shape
+    return TensorType((b, h, n, d), t.dtype, (n * h * d, d, h * d, 1))
+
+
 def fuse_rope_kv_write(g: Graph) -> Graph:
     """rope(xq, cos, sin), index_copy_(k_cache, 2, pos, rope(xk, cos, sin)), index_copy_(v_cache, 2, pos, xv)
     -> rope_kv(k_cache, v_cache, xq, xk, xv, cos, sin, pos): one launch instead of four, writing both caches
-    in place. Needs fuse_rope and reinplace_state_writes."""
+    in place. Where the attention reads the rotated k itself (prefill), the kernel also writes it (k_out), and
+    its rotated q and k are laid out [B, T, H, D] (bthd) like v, read through transpose(1, 2) views: an
+    attention library then returns its output in that layout too. Needs fuse_rope and reinplace_state_writes."""
     g = copy_graph(g)
     for ck in ordered(g):
         if ck not in g or op_of(g, ck).target != INDEX_COPY_:
@@ -164,14 +210,14 @@ def fuse_rope_kv_write(g: Graph) -> Graph:
         m = _rope_kv_match(g, ck)
         if m is None:
             continue
-        rq, rk, cv = m
+        rq, rk, cv, k_out = m
         kc, _, pos, _ = op_of(g, ck).args
         vc, _, _, xv = op_of(g, cv).args
         xq, cos, sin = op_of(g, rq).args
         xk = op_of(g, rk).args[0]
         args = (kc, vc, xq, xk, xv, cos, sin, pos)
         after = max(g.nodes[a.node]["order"] for a in args)
-        readers = [u for n in (rq, ck, cv) for u in users(g, n)]
+        readers = [u for n in (rq, ck, cv, rk) for u in users(g, n) if u not in (ck, cv)]
         old_readers = [u for c in (kc, vc) for u in users(g, c.node) if u not in (ck, cv)]
         before = min([g.nodes[u]["order"] for u in readers] + [float("inf")])
         if after >= before or any(g.nodes[u]["order"] > after for u in old_readers):
@@ -179,14 +225,25 @@ def fuse_rope_kv_write(g: Graph) -> Graph:
         pk, ct = op_of(g, rk).problem, out_type(g, kc)
         problem = {"B": pk["B"], "Hq": op_of(g, rq).problem["H"], "Hkv": pk["H"], "T": pk["T"], "D": pk["D"],
                    "S_max": ct.shape[2], "dtype": pk["dtype"], "cos_dtype": pk["cos_dtype"]}
-        op = Op("kernel:rope_kv", args=args, outputs=(op_of(g, rq).outputs[0], ct, out_type(g, vc)),
+        fresh = (op_of(g, rq).outputs[0],)
+        if k_out:
+            problem |= {"k_out": True, "bthd": True}
+            fresh = (_bthd(fresh[0]), _bthd(op_of(g, rk).outputs[0]))
+        op = Op("kernel:rope_kv", args=args, outputs=(*fresh, ct, out_type(g, vc)),
                 problem=problem, fused=op_of(g, rq).fused + op_of(g, rk).fused + (INDEX_COPY_, INDEX_COPY_),
                 group="rope+kv_write", writes=2)
         order = (after + before) / 2 if before != float("inf") else after + 1.0
         node = add_node(g, f"{rk}_kv", op, order)
-        replace_uses(g, Ref(rq), Ref(node, 0))
-        replace_uses(g, Ref(ck), Ref(node, 1))
-        replace_uses(g, Ref(cv), Ref(node, 2))
+        n_fresh = len(fresh)
+        if k_out:  # the attention reads q and k as [B, H, T, D] views of the [B, T, H, D] outputs
+            step = (before - order) / 3
+            for i, (old, name) in enumerate(((rq, f"{rq}_bhtd"), (rk, f"{rk}_bhtd"))):
+                view = Op("aten.transpose.int", args=(Ref(node, i), 1, 2), outputs=(_as_bhtd(fresh[i]),))
+                replace_uses(g, Ref(old), Ref(add_node(g, name, view, order + (i + 1) * step), 0))
+        else:
+            replace_uses(g, Ref(rq), Ref(node, 0))
+        replace_uses(g, Ref(ck), Ref(node, n_fresh))
+        replace_uses(g, Ref(cv), Ref(node, n_fresh + 1))
         g.remove_nodes_from([ck, cv, rq, rk])
         bump(g, "fuse_rope_kv_write")
     return eliminate_dead_code(g)

@@ -1,7 +1,8 @@
 """rope_kv template: q rotated into a fresh output, k rotated and v copied into the caches at their positions
 (decode T=1 and prefill shapes, grouped heads, three dtypes, cos/sin dtypes, caches that are views of larger
 buffers), every other cache row left untouched, random valid configs, and agreement with the rope template
-plus index_copy_ on the same tensors."""
+plus index_copy_ on the same tensors; with k_out the rotated k also in its own output, with bthd the fresh
+outputs laid out [B, T, H, D]."""
 
 from __future__ import annotations
 
@@ -28,8 +29,15 @@ CASES = [
 ]
 
 
-def _problem(B, Hq, Hkv, T, D, S, dtype, cos_dtype):
-    return {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "D": D, "S_max": S, "dtype": dtype, "cos_dtype": cos_dtype}
+# the prefill form: (k_out, bthd) on CASES of more than one position, and odd ones
+FLAG_CASES = [(c, f) for c in CASES if c[3] > 1 for f in ((True, True), (True, False), (False, True))]
+FLAG_CASES += [((1, 6, 2, 19, 48, 23, "bfloat16", "float32"), (True, True)),
+               ((1, 3, 3, 1, 32, 5, "float16", "float16"), (True, True))]
+
+
+def _problem(B, Hq, Hkv, T, D, S, dtype, cos_dtype, k_out=None, bthd=None):
+    p = {"B": B, "Hq": Hq, "Hkv": Hkv, "T": T, "D": D, "S_max": S, "dtype": dtype, "cos_dtype": cos_dtype}
+    return p | ({"k_out": k_out} if k_out is not None else {}) | ({"bthd": bthd} if bthd is not None else {})
 
 
 def _run(problem, config, device, outs=None, seed=None):
@@ -38,7 +46,8 @@ def _run(problem, config, device, outs=None, seed=None):
     outs = outs or made
     load_source(T_.source(problem)).launch(*outs, *ins, **T_.launch_kwargs(problem), **config)
     refs = T_.reference(problem, ins)
-    for name, o, r in zip(("q_out", "k_cache", "v_cache"), outs, refs, strict=True):
+    names = ("q_out", "k_out", "k_cache", "v_cache") if problem.get("k_out") else ("q_out", "k_cache", "v_cache")
+    for name, o, r in zip(names, outs, refs, strict=True):
         assert_close(o, r, dtype_of(problem["dtype"]), what=f"{name} {problem} {config} seed={seed}")
     return outs, ins
 
@@ -49,6 +58,37 @@ def test_default_matches_reference(case, device):
     config = T_.default(problem, current_gpu())
     assert T_.valid(config, problem, current_gpu())
     _run(problem, config, device)
+
+
+@pytest.mark.parametrize("case,flags", FLAG_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_k_out_and_bthd_match_reference(case, flags, device):
+    problem = _problem(*case, *flags)
+    config = T_.default(problem, current_gpu())
+    assert T_.valid(config, problem, current_gpu())
+    outs, _ = _run(problem, config, device)
+    B, Hq, Hkv, T, _, _, _, _ = case
+    want = [(B, T, Hq) if flags[1] else (B, Hq, T)] + ([(B, T, Hkv) if flags[1] else (B, Hkv, T)] if flags[0] else [])
+    assert [tuple(o.shape[:3]) for o in outs[:len(want)]] == want
+
+
+def test_flags_change_only_the_fresh_outputs(device):
+    """With and without k_out and bthd, the same inputs give the same caches and the same rotated q, bit for
+    bit; k_out equals what landed in the k cache."""
+    base = _problem(1, 4, 2, 6, 64, 16, "bfloat16", "float32")
+    config = T_.default(base, current_gpu())
+    plain, ins = _run(base, config, device, seed=7)
+    both, _ = _run(base | {"k_out": True, "bthd": True}, config, device, seed=7)
+    assert torch.equal(both[0].transpose(1, 2), plain[0])
+    assert all(torch.equal(both[i][:, :, ins[5]], plain[i - 1][:, :, ins[5]]) for i in (2, 3))
+    assert torch.equal(both[1].transpose(1, 2), both[2][:, :, ins[5]])
+
+
+def test_a_wrong_fresh_layout_is_refused(device):
+    problem = _problem(1, 4, 2, 3, 32, 8, "float32", "float32", True, True)
+    outs, ins = T_.make_inputs(problem, device, torch.Generator().manual_seed(0))
+    mod = load_source(T_.source(problem))
+    with pytest.raises(ValueError, match="q_out"):
+        mod.launch(outs[0].transpose(1, 2), *outs[1:], *ins, **T_.default(problem, current_gpu()))
 
 
 def test_caches_as_views_of_larger_buffers(device):
@@ -105,5 +145,8 @@ def test_problem_checks_and_default_validity():
     for gpu in (H200, INTERPRETER):
         for case in CASES + [(1, 32, 8, 2048, 128, 4096, "bfloat16", "bfloat16"),
                              (1, 32, 8, 1, 128, 4096, "bfloat16", "bfloat16")]:
-            p = _problem(*case)
-            assert T_.valid(T_.default(p, gpu), p, gpu)
+            for flags in ((), (True, True)):
+                p = _problem(*case, *flags)
+                assert T_.valid(T_.default(p, gpu), p, gpu)
+    with pytest.raises(ValueError, match="optionally"):
+        T_.source(_problem(1, 4, 2, 1, 64, 8, "float32", "float32") | {"bthd_typo": True})

@@ -1,6 +1,7 @@
-"""fuse_rope_kv_write on the tiny Llama: per decode layer, the two ropes and the two KV-cache index_copy_
-writes become one rope_kv kernel that writes the caches in place (IR invariant 7); the IR verifier rejects a
-reader of the old cache value placed after that write."""
+"""fuse_rope_kv_write on the tiny Llama: per layer, the two ropes and the two KV-cache index_copy_ writes
+become one rope_kv kernel that writes the caches in place (IR invariant 7); in prefill it also writes the
+rotated k that the attention reads, q and k laid out [B, T, H, D]; the IR verifier rejects a reader of the old
+cache value placed after that write."""
 
 import pytest
 import torch
@@ -15,9 +16,9 @@ from ds4c.pipeline import default_passes
 CFG = BUILTIN["tiny-llama"]
 
 
-def _decode_after_fusion():
+def _decode_after_fusion(graph="decode"):
     model = init_random(Llama(CFG, max_seq_len=24, dtype=torch.bfloat16), seed=0)
-    g = capture_llm(model, prefill_len=8)["decode"]
+    g = capture_llm(model, prefill_len=8)[graph]
     passes = default_passes("bf16")
     return run(g, passes[: [p.__name__ for p in passes].index("fuse_rope_kv_write") + 1])
 
@@ -34,6 +35,28 @@ def test_one_kernel_per_layer_writes_both_caches():
         assert all(r.startswith("buffer:") and r.endswith(("k_cache", "v_cache")) for r in roles), roles
         # the caches' new values are the kernel's outputs 1 and 2, and the state mutations say so
         assert {h.graph["mutations"][r] for r in roles} == {Ref(n, 1), Ref(n, 2)}
+
+
+def test_prefill_writes_the_rotated_k_for_its_attention():
+    h = _decode_after_fusion("prefill")
+    fused = [n for n in ordered(h) if op_of(h, n).target == "kernel:rope_kv"]
+    assert len(fused) == CFG.num_hidden_layers
+    assert not [n for n in h if op_of(h, n).target in ("kernel:rope", "aten.index_copy_.default")]
+    hd = CFG.head_dim
+    for n in fused:
+        op = op_of(h, n)
+        assert op.problem["k_out"] is True and op.problem["bthd"] is True and op.writes == 2
+        assert [o.shape for o in op.outputs[:2]] == [(1, 8, CFG.num_attention_heads, hd),
+                                                     (1, 8, CFG.num_key_value_heads, hd)]
+        assert all(o.is_contiguous() for o in op.outputs[:2])
+        roles = [h.graph["roles"].get(a.node, "") for a in op.args[:2]]
+        assert {h.graph["mutations"][r] for r in roles} == {Ref(n, 2), Ref(n, 3)}
+        # the attention reads q and k through transpose(1, 2) views of outputs 0 and 1, and v as it came
+        attn = [u for u in h.successors(n) for a in h.successors(u)
+                if op_of(h, u).target == "aten.transpose.int" and op_of(h, a).target == "kernel:flash_attention"]
+        assert sorted(op_of(h, u).args[0].index for u in attn) == [0, 1]
+        a = op_of(h, next(h.successors(attn[0])))
+        assert a.args[2] == op.args[4]
 
 
 def test_verify_rejects_a_read_of_the_old_cache_after_the_write():

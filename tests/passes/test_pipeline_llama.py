@@ -40,9 +40,9 @@ def test_tiny_llama_compiles_and_matches_eager(dtype, device):
         assert r["fuse_swiglu"] == L and r["merge_sibling_matmuls"] == 3 * L
         attention = "flash_attention" if name == "prefill" else "decode_attention"
         assert r[f"fuse_attention.{attention}"] == L
-        # decode: q and k rotated and both cache writes in one kernel per layer; prefill's attention reads
-        # the rotated k itself, so its ropes and writes stay apart
-        assert r.get("fuse_rope_kv_write", 0) == (L if name == "decode" else 0)
+        # q and k rotated and both cache writes in one kernel per layer (prefill's also writes the rotated k
+        # that its attention reads)
+        assert r["fuse_rope_kv_write"] == L
         # prefill attention writes [B,T,H,D] for the o-projection (a decode step's transpose moves nothing)
         assert r.get("write_attention_output_transposed", 0) == (L if name == "prefill" else 0)
         # bf16 casts the fp32 rope tables once per layer; after CSE once per graph
