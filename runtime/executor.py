@@ -136,13 +136,20 @@ class Executable:
             const_kw = {**{k: d({}) for k, d in kwargs.items()}, **kernel_info[s.fn].config}
             if self.pdl and getattr(kernels[s.fn], "SUPPORTS_PDL", False):
                 const_kw["pdl"] = True
+            own = getattr(kernels[s.fn], "RETURNS_OUTPUT", False) and len(outs) == 1
+            if own:  # the kernel may hand back an output it allocated rather than fill the planned one
+                const_kw["own_output"] = True
             bufs = [self.buffers[o] for o in outs]
             device = self.device
 
             def run(env: dict) -> None:
                 out_t = [b[0] if b[0] is not None else torch.empty(b[1], dtype=b[2], device=device)
                          for b in bufs]
-                launch(*out_t, *(a(env) for a in args), **const_kw)
+                r = launch(*out_t, *(a(env) for a in args), **const_kw)
+                if own:
+                    if not (isinstance(r, torch.Tensor) and r.shape == out_t[0].shape and r.dtype == out_t[0].dtype):
+                        raise PlanError(f"kernel {s.fn} returned no output shaped {tuple(out_t[0].shape)}")
+                    out_t = [r]
                 for name, t in zip(outs, out_t, strict=True):
                     env[name] = t
 

@@ -150,6 +150,34 @@ def test_vendor_impl_matches_reference(case, o_bthd, config, device):
     _run(problem, config, device, _padded)
 
 
+@pytest.mark.parametrize("config", VENDOR, ids=["cudnn", "flash2"])
+@pytest.mark.parametrize("o_bthd", [False, True], ids=["bhtd", "bthd"])
+def test_vendor_impl_own_output(o_bthd, config, device):
+    """launch(own_output=True) returns attention shaped as out: SDPA's own tensor where it is laid out as out
+    (out then stays untouched), else out filled. q read through transpose(1, 2) of [B,T,Hq,D], as the prefill
+    plan lays it out: cuDNN answers in q's layout, so for o_bthd no copy is made; the math backend (CPU)
+    answers [B,Hq,T,D]. Without own_output, out is always the answer."""
+    problem = {**_problem(1, 8, 2, 67, 67, 64, "bfloat16", True), "o_bthd": o_bthd}
+    seed, gen = _seeded()
+    outs, ins = TEMPLATE.make_inputs(problem, device, gen)
+    q = ins[0].transpose(1, 2).contiguous().transpose(1, 2)  # [B,Hq,T,D] view of [B,T,Hq,D]
+    ins = [q, *ins[1:]]
+    mod = load_source(TEMPLATE.source(problem))
+    kw = {**TEMPLATE.launch_kwargs(problem), **config}
+    r = mod.launch(*outs, *ins, own_output=True, **kw)
+    ref = TEMPLATE.reference(problem, ins)[0]
+    assert r.shape == outs[0].shape and r.is_contiguous()
+    assert_close(r, ref, torch.bfloat16, what=f"{problem} {config} seed={seed}")
+    own = r.data_ptr() != outs[0].data_ptr()
+    assert torch.isnan(outs[0]).all() == own  # untouched exactly when the answer is SDPA's own tensor
+    if device.type == "cpu":
+        assert own is not o_bthd
+    elif config["IMPL"] == 1 and o_bthd:
+        assert own, "cuDNN answered in another layout than q's: the prefill plan copies its attention output"
+    assert mod.launch(*outs, *ins, **kw) is outs[0]
+    assert_close(outs[0], ref, torch.bfloat16, what=f"{problem} {config} seed={seed}")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("config", VENDOR, ids=["cudnn", "flash2"])
 def test_vendor_impl_replays_in_a_cuda_graph(config):

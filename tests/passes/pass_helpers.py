@@ -100,23 +100,28 @@ def kernels(g: Graph) -> list[str]:
     return [t.removeprefix("kernel:") for t in targets(g) if t.startswith("kernel:")]
 
 
-def execute(g: Graph, state: dict, inputs: tuple, device: torch.device) -> list[torch.Tensor]:
-    """Lower an already optimised graph (no further passes), bind it like build_executable and run it."""
+def bind(g: Graph, state: dict, device: torch.device, choose=None):
+    """Lower an already optimised graph (no further passes) and bind it like build_executable; choose picks
+    each kernel's config (default: the untuned default)."""
     from ds4c.runtime.executor import Executable
     from ds4c.runtime.loader import load_source
     from ds4c.runtime.plan import Plan, from_json, to_json
     from ds4c.runtime.weights import derive
 
     table = KernelTable({}, {})
-    gp = lower(g, table, make_chooser(Options(use_db=False)))
+    gp = lower(g, table, choose or make_chooser(Options(use_db=False)))
     plan = from_json(json.loads(json.dumps(to_json(Plan({"main": gp}, table.kernels, {}, {})))))
     kern = {kid: load_source(src) for kid, src in table.sources.items()}
     state = {r: t.to(device) for r, t in state.items()}  # state already on device is written in place
     base = {r.split(":", 1)[1]: t for r, t in state.items() if r.startswith("param:")}
     values = dict(state)
     values.update({f"derived:{k}": v for k, v in derive(g.graph.get("derived", {}), base).items()})
-    exe = Executable(plan.graphs["main"], kern, plan.kernels, values, device)
-    return exe(*(x.to(device) for x in inputs))
+    return Executable(plan.graphs["main"], kern, plan.kernels, values, device)
+
+
+def execute(g: Graph, state: dict, inputs: tuple, device: torch.device) -> list[torch.Tensor]:
+    """Lower an already optimised graph (no further passes), bind it like build_executable and run it."""
+    return bind(g, state, device)(*(x.to(device) for x in inputs))
 
 
 def in_fp32(module: nn.Module):

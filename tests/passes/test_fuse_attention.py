@@ -5,8 +5,24 @@ any other mask stays on ATen."""
 import pytest
 import torch
 import torch.nn.functional as F
-from pass_helpers import Fn, capture, capture_aten, check_numbers, count, execute, kernels, run, stats, targets, upto
+from pass_helpers import (
+    Fn,
+    bind,
+    capture,
+    capture_aten,
+    check_numbers,
+    count,
+    execute,
+    kernels,
+    run,
+    stats,
+    targets,
+    upto,
+)
 
+from ds4c.compiler import Options, make_chooser
+from ds4c.kernel_templates.flash_attention import VENDOR_TILES
+from ds4c.pipeline import default_passes
 from ds4c.precision import assert_close
 
 
@@ -104,3 +120,38 @@ def test_attention_writes_tokens_major_for_the_output_projection(fn, fires, devi
     if fires:
         assert attn[0].outputs[0].shape == (1, 9, 4, 16) and attn[0].outputs[0].is_contiguous()
     check_numbers(h, state, mod, tuple(torch.randn(s) for s in shapes), device)
+
+
+def _attend_then_scale(m, q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True) * m.w
+
+
+@pytest.mark.parametrize("fn", [_attend_then_scale, _attend_then_merge_heads], ids=["bhtd", "bthd"])
+def test_vendor_attention_hands_back_its_own_output(fn, device):
+    """A plan whose attention runs through torch's SDPA (IMPL 1) takes the tensor SDPA returned where it is
+    laid out as the planned output (no copy), and its numbers are eager's either way. The math backend (CPU)
+    returns [B,Hq,T,D] contiguous: the plain layout is taken as is, [B,T,Hq,D] is copied into the plan."""
+    shapes = ((1, 4, 9, 16), (1, 2, 9, 16), (1, 2, 9, 16))
+    mod = Fn(fn, w=torch.randn(64, 8) if fn is _attend_then_merge_heads else torch.randn(1))
+    g, state = capture(mod, tuple(torch.randn(s) for s in shapes))
+    h = run(g, default_passes("bf16"))
+    default = make_chooser(Options(use_db=False))
+
+    def choose(template, problem):
+        return ({**VENDOR_TILES, "IMPL": 1}, "tuned") if template == "flash_attention" else default(template, problem)
+
+    exe = bind(h, state, device, choose)
+    lo, hi = exe.arena.data_ptr(), exe.arena.data_ptr() + exe.arena.numel()
+    seen = []
+
+    def after(i, step, env):
+        if step.kind == "kernel" and step.fn.startswith("flash_attention"):
+            seen.append(lo <= env[step.outputs[0]].data_ptr() < hi)
+
+    inputs = tuple(torch.randn(s) for s in shapes)
+    out = exe(*(x.to(device) for x in inputs), after_step=after)
+    assert_close(out[0].cpu(), mod(*inputs), torch.float32, "vendor attention in a plan")
+    if device.type == "cpu":
+        assert seen == [fn is _attend_then_merge_heads]  # in the arena only where it was copied there
+    else:
+        assert len(seen) == 1
