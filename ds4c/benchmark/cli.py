@@ -22,6 +22,8 @@ ROWS = (  # (label, record key in the engine dict, format)
     ("decode tok/s (loop)", "decode_tok_s_loop", "{:.1f}"),
     ("J / token", "j_per_token", "{:.2f}"),
     ("decode W", "decode_watts", "{:.0f}"),
+    ("prefill W", "prefill_watts", "{:.0f}"),
+    ("SM MHz prefill / decode", ("prefill_sm_mhz", "decode_sm_mhz"), "{:.0f} / {:.0f}"),
     ("peak mem GiB", "peak_mem_gib", "{:.2f}"),
     ("launches / step", "launches_per_step", "{:.1f}"),
     ("compile s cold", "compile_s_cold", "{:.3g}"),

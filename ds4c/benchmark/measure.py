@@ -1,11 +1,12 @@
 """Measurement primitives of the benchmark: timestamps (CUDA events on a GPU, perf_counter on a CPU),
-quantiles, NVML energy, kernel launches seen by the profiler, and peak memory.
+quantiles, NVML energy and SM clock, kernel launches seen by the profiler, and peak memory.
 
 Nothing here synchronises the GPU between timestamps; `Stamps.elapsed_ms` synchronises once at the end.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -98,6 +99,45 @@ class EnergyMeter:
 
     def read_mj(self) -> int:
         return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def sm_clock_mhz(self) -> int:
+        """The SM clock now (it falls below its maximum when the board reaches its power or thermal limit)."""
+        return int(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
+
+
+class ClockSampler:
+    """The mean SM clock over the work of a with-block: a thread reads meter.sm_clock_mhz() every period_s
+    (NVML calls leave the interpreter lock free). mean_mhz is None without a meter or a reading."""
+
+    def __init__(self, meter, period_s: float = 0.01):
+        self.meter, self.period_s = meter, period_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ClockSampler:
+        if self.meter is not None and hasattr(self.meter, "sm_clock_mhz"):
+            self._thread = threading.Thread(target=self._run, name="ds4c-clock-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append(float(self.meter.sm_clock_mhz()))
+            except Exception:  # no clock figure rather than no benchmark
+                return
+            if self._stop.wait(self.period_s):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def mean_mhz(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def _nvml_handle(pynvml, device: torch.device):

@@ -158,39 +158,38 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         measure.sync(device)
         measure.reset_peak(device)
 
+        meter, note = measure.EnergyMeter.open(device)
+        if note:
+            notes.append(note)
+
         phase("prefill")
         ttft_ms = []
-        for _ in range(spec.prefill_timings):  # each from an idle device: latency, host overhead included
-            measure.sync(device)
-            st = measure.Stamps(device)
-            st.mark()
-            logits = eng.prefill(inputs.tokens, inputs.last)
-            st.mark()
-            ttft_ms.append(st.total_ms())
+        e0 = meter.read_mj() if meter else None
+        with measure.ClockSampler(meter) as prefill_clock:
+            for _ in range(spec.prefill_timings):  # each from an idle device: latency, host overhead included
+                measure.sync(device)
+                st = measure.Stamps(device)
+                st.mark()
+                logits = eng.prefill(inputs.tokens, inputs.last)
+                st.mark()
+                ttft_ms.append(st.total_ms())
+        prefill_j, prefill_watts = _energy(meter, e0, device, spec.prefill_timings, ttft_ms)
         ttft = measure.Stats.of(ttft_ms)
         logits = logits.float().clone()
         first = logits.argmax(-1, keepdim=True)
 
         phase("decode")
-        meter, note = measure.EnergyMeter.open(device)
-        if note:
-            notes.append(note)
         measure.sync(device)
         e0 = meter.read_mj() if meter else None
         step_ms, loop_ms = [], []
-        for _ in range(spec.repeats):
-            st = measure.Stamps(device)
-            st.mark()
-            decode_loop(eng, first, inputs, stamps=st)
-            step_ms += st.elapsed_ms()
-            loop_ms.append(st.total_ms())
-        j_per_token = watts = None
-        if meter:
-            measure.sync(device)
-            joules = (meter.read_mj() - e0) / 1e3
-            j_per_token = joules / (spec.repeats * spec.decode_len)
-            loops_s = sum(loop_ms) / 1e3
-            watts = joules / loops_s if loops_s > 0 else None
+        with measure.ClockSampler(meter) as decode_clock:
+            for _ in range(spec.repeats):
+                st = measure.Stamps(device)
+                st.mark()
+                decode_loop(eng, first, inputs, stamps=st)
+                step_ms += st.elapsed_ms()
+                loop_ms.append(st.total_ms())
+        j_per_token, watts = _energy(meter, e0, device, spec.repeats * spec.decode_len, loop_ms)
         peak = measure.peak_gib(device)
         step = measure.Stats.of(step_ms)
 
@@ -214,12 +213,23 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         ttft_ms=ttft.median, ttft_ms_p10=ttft.p10, ttft_ms_p90=ttft.p90,
         decode_tok_s=tok_s, decode_tok_s_loop=spec.decode_len * 1e3 / measure.quantile(loop_ms, 0.5),
         decode_ms_p10=step.p10, decode_ms_p90=step.p90, j_per_token=j_per_token, decode_watts=watts,
-        peak_mem_gib=peak,
+        decode_sm_mhz=decode_clock.mean_mhz, prefill_j=prefill_j, prefill_watts=prefill_watts,
+        prefill_sm_mhz=prefill_clock.mean_mhz, peak_mem_gib=peak,
         launches_per_step=launches, compile_s_cold=cold, compile_s_warm=warm,
         decode_roofline_share=tok_s / floors["decode_tok_s"] if floors["decode_tok_s"] else None,
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,
         modes=eng.modes_now(), notes=notes)
     return Measured(res, logits, greedy)
+
+
+def _energy(meter, e0, device: torch.device, units: int, busy_ms: list[float]) -> tuple[float | None, float | None]:
+    """(joules per unit, mean watts over the busy time) since the meter read e0; (None, None) without one."""
+    if meter is None:
+        return None, None
+    measure.sync(device)
+    joules = (meter.read_mj() - e0) / 1e3
+    busy_s = sum(busy_ms) / 1e3
+    return joules / units, (joules / busy_s if busy_s > 0 else None)
 
 
 def _failed(err: BaseException) -> EngineResult:

@@ -213,12 +213,16 @@ class _ClockMeter:
     """An energy counter that advances with wall time at a fixed power: the figures must give it back."""
 
     WATTS = 350.0
+    MHZ = 1410
 
     def __init__(self):
         self.t0 = time.perf_counter()
 
     def read_mj(self) -> int:
         return int((time.perf_counter() - self.t0) * self.WATTS * 1e3)
+
+    def sm_clock_mhz(self) -> int:
+        return self.MHZ
 
 
 def test_energy_figures_from_the_counter(monkeypatch):
@@ -232,6 +236,38 @@ def test_energy_figures_from_the_counter(monkeypatch):
     # loop's rate, so the two agree only as closely as the loops do (a loaded machine spreads them)
     seconds_per_token = e["j_per_token"] / e["decode_watts"]
     assert 0.5 <= seconds_per_token * e["decode_tok_s_loop"] <= 2.0
+    # prefill: energy per prefill over the power is the time of one, which the median TTFT is near
+    assert _ClockMeter.WATTS * 0.99 <= e["prefill_watts"] <= _ClockMeter.WATTS * 2.0
+    assert 0.3 <= e["prefill_j"] / e["prefill_watts"] * 1e3 / e["ttft_ms"] <= 3.0
+    assert e["prefill_sm_mhz"] == e["decode_sm_mhz"] == _ClockMeter.MHZ
+
+
+def test_clock_sampler_reads_while_the_block_runs():
+    class Counting:
+        n = 0
+
+        def sm_clock_mhz(self):
+            self.n += 1
+            return 1000 + self.n
+
+    meter = Counting()
+    with measure.ClockSampler(meter, period_s=0.001) as c:
+        time.sleep(0.05)
+    n = meter.n
+    time.sleep(0.01)
+    assert meter.n == n >= 2  # it stopped with the block
+    assert c.mean_mhz == pytest.approx(1000 + (n + 1) / 2)
+    with measure.ClockSampler(None) as c:
+        pass
+    assert c.mean_mhz is None
+
+    class Broken:
+        def sm_clock_mhz(self):
+            raise RuntimeError("NVML: not supported")
+
+    with measure.ClockSampler(Broken(), period_s=0.001) as c:
+        time.sleep(0.01)
+    assert c.mean_mhz is None
 
 
 def test_cli_writes_record(tmp_path, monkeypatch):
