@@ -1,7 +1,9 @@
 """Execute one graph of a plan: kernel launches and ATen calls, in order, over planned buffers.
 
 Kernel outputs live in one arena per graph, at offsets the memory planner chose (lifetimes that do not
-overlap share bytes); graph outputs are allocated fresh each call. Values nothing reads any more are
+overlap share bytes); graph outputs are allocated fresh each call. A kernel module that says RETURNS_OUTPUT
+is launched with own_output=True and may return a tensor it allocated (a library's result) instead of
+filling its planned buffer; later steps then read that tensor. Values nothing reads any more are
 dropped as the steps go, so ATen temporaries return to the allocator early.
 """
 
