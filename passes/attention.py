@@ -13,7 +13,7 @@ import torch
 from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import scalar, see_through_views, sole_user, target_of
+from .match import scalar, see_through_views, sole_user, target_of, tokens_major
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -226,10 +226,7 @@ def write_attention_output_transposed(g: Graph) -> Graph:
         user = sole_user(g, name)
         if user is None or not _swaps_heads_and_tokens(op_of(g, user), Ref(name)):
             continue
-        o = op.outputs[0]
-        b, h, t, d = o.shape
-        bthd = TensorType((b, t, h, d), o.dtype, (t * h * d, h * d, d, 1))
-        set_op(g, name, replace(op, outputs=(bthd,), problem={**op.problem, "o_bthd": True},
+        set_op(g, name, replace(op, outputs=(tokens_major(op.outputs[0]),), problem={**op.problem, "o_bthd": True},
                                 fused=op.fused + ("transpose",)))
         replace_uses(g, Ref(user), Ref(name))
         bump(g, "write_attention_output_transposed")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from ds4c.ir import Graph, Op, Ref, is_live_out, op_of, out_type, users
+from ds4c.ir import Graph, Op, Ref, TensorType, is_live_out, op_of, out_type, users
 
 VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
             "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
             "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.t.default",
             "aten.alias.default", "aten.select.int"}
+
+
+def tokens_major(t: TensorType) -> TensorType:
+    """The contiguous [B, T, H, D] type of the values of a [B, H, T, D] tensor (heads and tokens swapped)."""
+    b, h, n, d = t.shape
+    return TensorType((b, n, h, d), t.dtype, (n * h * d, h * d, d, 1))
 
 
 def producer(g: Graph, value) -> tuple[str, Op] | None:

@@ -23,7 +23,7 @@ from ds4c.ir import (
 )
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import sole_user, target_of
+from .match import sole_user, target_of, tokens_major
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 BIG = 2**62
@@ -185,12 +185,6 @@ def _rope_kv_match(g: Graph, ck: str):
     return m
 
 
-def _bthd(t: TensorType) -> TensorType:
-    """The contiguous [B, T, H, D] type of the values of a [B, H, T, D] tensor."""
-    b, h, n, d = t.shape
-    return TensorType((b, n, h, d), t.dtype, (n * h * d, h * d, d, 1))
-
-
 def _as_bhtd(t: TensorType) -> TensorType:
     """transpose(1, 2) of a contiguous [B, T, H, D] type."""
     b, n, h, d = t.shape
@@ -228,7 +222,7 @@ def fuse_rope_kv_write(g: Graph) -> Graph:
         fresh = (op_of(g, rq).outputs[0],)
         if k_out:
             problem |= {"k_out": True, "bthd": True}
-            fresh = (_bthd(fresh[0]), _bthd(op_of(g, rk).outputs[0]))
+            fresh = (tokens_major(fresh[0]), tokens_major(op_of(g, rk).outputs[0]))
         op = Op("kernel:rope_kv", args=args, outputs=(*fresh, ct, out_type(g, vc)),
                 problem=problem, fused=op_of(g, rq).fused + op_of(g, rk).fused + (INDEX_COPY_, INDEX_COPY_),
                 group="rope+kv_write", writes=2)

@@ -116,7 +116,7 @@ class ClockSampler:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ClockSampler:
-        if self.meter is not None and hasattr(self.meter, "sm_clock_mhz"):
+        if self.meter is not None:
             self._thread = threading.Thread(target=self._run, name="ds4c-clock-sampler", daemon=True)
             self._thread.start()
         return self
