@@ -1,5 +1,7 @@
 """Where a prefill's GPU time goes, per engine: the GPU kernels of a few timed prefills (torch profiler, CUDA
-graph replays included), grouped by kernel name, with the time per prefill and the share of the total.
+graph replays included), grouped by kernel name, with the time per prefill and the share of the total; and
+per prefill its CUDA-event time (as `ds4c bench` times it) and the span from its first kernel's start to its
+last kernel's end, with the part of that span in which no kernel ran.
 
     python bench/profile_prefill.py --config llama-3.1-8b --engines ds4c,inductor --out F.json
 
@@ -34,6 +36,22 @@ def kernel_table(prof, calls: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_per_call"])
 
 
+def spans(prof, calls: int) -> list[dict]:
+    """Per call (calls separated by a host sync, so by the widest gaps between kernels): the time from its
+    first kernel's start to its last kernel's end, and how much of it no kernel ran."""
+    evs = sorted((ev.time_range.start, ev.time_range.end) for ev in prof.events() if measure.is_kernel(ev))
+    if not evs:
+        return []
+    gaps = sorted(range(1, len(evs)), key=lambda i: evs[i][0] - evs[i - 1][1])[len(evs) - calls:]
+    cuts = [0] + sorted(gaps) + [len(evs)]
+    out = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        span = evs[b - 1][1] - evs[a][0]
+        busy = sum(e - s for s, e in evs[a:b])
+        out.append({"span_us": span, "idle_us": span - busy, "kernels": b - a})
+    return out
+
+
 def profile_engine(name: str, model, inputs, spec: BenchSpec, calls: int, device: torch.device) -> dict:
     eng = build(name, model, spec.prompt_len, spec.build)
     with torch.no_grad():
@@ -41,10 +59,14 @@ def profile_engine(name: str, model, inputs, spec: BenchSpec, calls: int, device
             reset_cache(model)
             eng.prefill(inputs.tokens, inputs.last)
         measure.sync(device)
+        wall = []
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
+            for _ in range(calls):  # each from an idle device, timed by events as `ds4c bench` times it
+                st = measure.Stamps(device)
+                st.mark()
                 eng.prefill(inputs.tokens, inputs.last)
-            measure.sync(device)
+                st.mark()
+                wall.append(st.total_ms())
     rows = kernel_table(prof, calls)
     gpu_us = sum(r["us_per_call"] for r in rows)
     for r in rows:
@@ -52,7 +74,7 @@ def profile_engine(name: str, model, inputs, spec: BenchSpec, calls: int, device
     del eng
     measure.free_memory(device)
     return {"gpu_us_per_prefill": gpu_us, "kernels_per_prefill": sum(r["count_per_call"] for r in rows),
-            "kernels": rows}
+            "event_ms_per_prefill": wall, "spans": spans(prof, calls), "kernels": rows}
 
 
 def main(argv=None) -> int:
@@ -82,7 +104,9 @@ def main(argv=None) -> int:
             print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
         print(f"== {name}: {res['gpu_us_per_prefill'] / 1000:.2f} ms of kernels, "
-              f"{res['kernels_per_prefill']:.0f} kernels per prefill")
+              f"{res['kernels_per_prefill']:.0f} kernels per prefill; events "
+              + " ".join(f"{w:.2f}" for w in res["event_ms_per_prefill"]) + " ms; first to last kernel "
+              + " ".join(f"{s['span_us'] / 1e3:.2f} ({s['idle_us'] / 1e3:.2f} idle)" for s in res["spans"]) + " ms")
         for r in res["kernels"][:args.top]:
             print(f"{r['us_per_call']:9.1f} us {r['share']:6.1%} x{r['count_per_call']:5.0f}  {r['name'][:110]}")
         with open(args.out, "w") as f:

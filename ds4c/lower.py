@@ -29,8 +29,8 @@ _FLATTEN = {
     "rmsnorm": ("rows", {0, 2}), "softmax": ("rows", {0}),
 }
 
-# template -> the args that are rope tables, which its launch takes as [T, D]
-_TABLES = {"rope": (1, 2), "rope_kv": (5, 6)}
+# template -> the args that are rope tables, which its launch takes as [T, D] (T = 1 where the problem has none)
+_TABLES = {"rope": (1, 2), "rope_kv": (5, 6), "decode_attention_rope": (5, 6)}
 
 _RESHAPE = {"aten.view.default": "aten.reshape.default", "aten._unsafe_view.default": "aten.reshape.default"}
 
@@ -132,7 +132,7 @@ def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Choose
     if op.template in _TABLES:
         p = op.problem
         for i in _TABLES[op.template]:
-            args[i] = em.reshape(args[i], (p["T"], p["D"]), copy_ok=True)
+            args[i] = em.reshape(args[i], (p.get("T", 1), p["D"]), copy_ok=True)
     fresh = len(op.outputs) - op.writes
     if flatten is not None and fresh != 1:
         raise ValueError(f"{name}: a {op.template} kernel has one fresh output, this one has {fresh}")

@@ -21,7 +21,7 @@ from ds4c.passes.norms import fuse_rmsnorm, fuse_softmax
 from ds4c.passes.pointwise import fuse_pointwise
 from ds4c.passes.precision import assign_precision
 from ds4c.passes.reinplace import reinplace_state_writes
-from ds4c.passes.rope import fuse_rope, fuse_rope_kv_write
+from ds4c.passes.rope import fuse_rope, fuse_rope_into_decode_attention, fuse_rope_kv_write
 
 from .ir import Graph, maybe_verify
 
@@ -39,6 +39,7 @@ def default_passes(precision: str = "bf16") -> list:
         write_attention_output_transposed,
         fuse_rope,
         fuse_rope_kv_write,  # after reinplace_state_writes: the cache writes are in place by now
+        fuse_rope_into_decode_attention,
         lower_linear,
         fuse_swiglu,  # before merging siblings: gate/up become one dual matmul instead
         merge_sibling_matmuls,

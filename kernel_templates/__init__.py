@@ -21,6 +21,8 @@ _MODULES = {
     "rope_kv": "ds4c.kernel_templates.rope_kv",  # rope of q and k with the KV-cache write (in place)
     "flash_attention": "ds4c.kernel_templates.flash_attention",  # causal GQA attention (prefill)
     "decode_attention": "ds4c.kernel_templates.decode_attention",  # split-KV attention on a cache (decode)
+    # the same with the step's rope and KV-cache write folded in (one decode launch instead of two)
+    "decode_attention_rope": "ds4c.kernel_templates.decode_attention_rope",
 }
 
 

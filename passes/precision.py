@@ -18,7 +18,7 @@ from .matmul import MM, args_of, parts
 
 _CLASS = {"kernel:rmsnorm": "norm", "kernel:softmax": "pointwise", "kernel:pointwise": "pointwise",
           "kernel:rope": "pointwise", "kernel:flash_attention": "attention",
-          "kernel:decode_attention": "attention"}
+          "kernel:decode_attention": "attention", "kernel:decode_attention_rope": "attention"}
 
 
 def classify_matmul(g: Graph, name: str) -> str:

@@ -1,7 +1,8 @@
 """Rotary embedding: x * cos + rotate_half(x) * sin (Hugging Face layout,
 rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2])) -> one `rope` kernel; then an attention step's two ropes
 and its two KV-cache writes -> one `rope_kv` kernel (in prefill it also writes the rotated k that the
-attention reads). Runs after clean-up, before the pointwise fusion would split the pattern into pieces."""
+attention reads); then, in decode, that kernel and the attention after it -> one `decode_attention_rope`.
+Runs after clean-up, before the pointwise fusion would split the pattern into pieces."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from ds4c.ir import (
     TensorType,
     add_node,
     bump,
+    graph_output_refs,
     op_of,
+    op_refs,
     ordered,
     out_type,
     replace_uses,
@@ -240,4 +243,42 @@ def fuse_rope_kv_write(g: Graph) -> Graph:
         replace_uses(g, Ref(cv), Ref(node, n_fresh + 1))
         g.remove_nodes_from([ck, cv, rq, rk])
         bump(g, "fuse_rope_kv_write")
+    return eliminate_dead_code(g)
+
+
+def fuse_rope_into_decode_attention(g: Graph) -> Graph:
+    """rope_kv (decode: one token, no k_out) -> decode_attention reading its rotated q and both written caches
+    -> decode_attention_rope(k_cache, v_cache, xq, xk, xv, cos, sin, pos, kv_len): the attention rotates q and
+    the new key itself, takes the new key and value from registers and writes them into the caches. One
+    launch per decode step where there were two. Needs fuse_rope_kv_write and fuse_attention."""
+    g = copy_graph(g)
+    for name in ordered(g):
+        op = op_of(g, name)
+        if op.target != "kernel:decode_attention":
+            continue
+        q, k, v, kv_len = op.args
+        r = q.node
+        rop = op_of(g, r)
+        if rop.target != "kernel:rope_kv" or (q, k, v) != (Ref(r, 0), Ref(r, 1), Ref(r, 2)):
+            continue
+        if rop.problem.get("k_out") or rop.problem["T"] != 1 or len(rop.outputs) != 3:
+            continue
+        # the write moves from the rope_kv's place to the attention's: nothing may read the written caches
+        # in between, and the rotated q goes nowhere else
+        order = g.nodes[name]["order"]
+        if any(g.nodes[u]["order"] < order for u in users(g, r) if u != name):
+            continue
+        if any(u != name for u in users(g, r) if Ref(r, 0) in op_refs(op_of(g, u))) or \
+                Ref(r, 0) in graph_output_refs(g):
+            continue
+        kc, vc, xq, xk, xv, cos, sin, pos = rop.args
+        problem = {**op.problem, "cos_dtype": rop.problem["cos_dtype"]}
+        set_op(g, name, Op("kernel:decode_attention_rope", args=(kc, vc, xq, xk, xv, cos, sin, pos, kv_len),
+                           outputs=(op.outputs[0], rop.outputs[1], rop.outputs[2]), problem=problem,
+                           precision=op.precision, fused=rop.fused + op.fused, group="rope+kv_write+attention",
+                           writes=2))
+        replace_uses(g, Ref(r, 1), Ref(name, 1))
+        replace_uses(g, Ref(r, 2), Ref(name, 2))
+        g.remove_node(r)
+        bump(g, "fuse_rope_into_decode_attention")
     return eliminate_dead_code(g)

@@ -53,5 +53,5 @@ def test_greedy_tokens_equal_eager(smollm2, device):
     assert ours == eager, f"ds4c {tok.decode(ours)!r} != eager {tok.decode(eager)!r}"
     # the report shows what was fused: every layer's attention and FFN went to kernels
     rep = compiled.report["decode"]
-    assert rep["kernels"]["decode_attention"] == model.config.num_hidden_layers
+    assert rep["kernels"]["decode_attention_rope"] == model.config.num_hidden_layers
     assert "aten.scaled_dot_product_attention.default" not in rep["fallbacks"]

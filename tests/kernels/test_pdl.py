@@ -21,6 +21,8 @@ PROBLEMS = [
     ("gemv", C.problem(1, 512, 1408, "bfloat16", n_extra=1, epilogue=("add", "e0", "acc"))),
     ("decode_attention", {"B": 1, "Hq": 8, "Hkv": 2, "S_max": 1024, "D": 128, "dtype": "bfloat16",
                           "scale": 128 ** -0.5}),
+    ("decode_attention_rope", {"B": 1, "Hq": 8, "Hkv": 2, "S_max": 1024, "D": 128, "dtype": "bfloat16",
+                               "scale": 128 ** -0.5, "cos_dtype": "bfloat16"}),
 ]
 
 needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not pdl_supported(torch.device("cuda")),

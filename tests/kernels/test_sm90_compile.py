@@ -29,6 +29,8 @@ DECODE = [
     ("gemv", C.problem(1, 4608, 3584, "bfloat16", rms_eps=1e-6, bias=True, epilogue=("add", "acc", "bias"))),
     ("decode_attention", {"B": 1, "Hq": 28, "Hkv": 4, "S_max": 4096, "D": 128, "dtype": "bfloat16",
                           "scale": 128 ** -0.5}),
+    ("decode_attention_rope", {"B": 1, "Hq": 32, "Hkv": 8, "S_max": 4096, "D": 128, "dtype": "bfloat16",
+                               "scale": 128 ** -0.5, "cos_dtype": "bfloat16"}),
 ]
 
 
@@ -69,7 +71,7 @@ def test_h200_defaults_compile_for_sm90_at_prefill_shapes():
 def test_decode_kernels_compile_for_sm90_with_and_without_pdl():
     for pdl in (True, False):
         results = _run([[name, p, get(name).default(p, H200), {"pdl": pdl}] for name, p in DECODE])
-        assert [len(r) for r in results] == [1, 1, 1, 1, 2, 1, 2]  # decode attention: split and combine
+        assert [len(r) for r in results] == [1, 1, 1, 1, 2, 1, 2, 2]  # decode attention: split and combine
         for launches in results:
             for k in launches:
                 assert k["cubin_bytes"] > 0 and k["shared"] <= H200.smem_per_block

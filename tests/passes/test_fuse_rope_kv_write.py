@@ -67,3 +67,51 @@ def test_verify_rejects_a_read_of_the_old_cache_after_the_write():
     add_node(h, "late_read", Op("aten.clone.default", args=(cache,), outputs=(t,)), h.nodes[n]["order"] + 1e-3)
     with pytest.raises(IRError, match="after it was written in place"):
         verify(h)
+
+
+def _through(name: str, graph: str = "decode"):
+    model = init_random(Llama(CFG, max_seq_len=24, dtype=torch.bfloat16), seed=0)
+    g = capture_llm(model, prefill_len=8)[graph]
+    passes = default_passes("bf16")
+    return run(g, passes[: [p.__name__ for p in passes].index(name) + 1])
+
+
+def test_decode_rope_kv_goes_into_its_attention():
+    """fuse_rope_into_decode_attention: per decode layer, rope_kv and decode_attention become one kernel that
+    reads the unrotated q, k and v and writes both caches (outputs 1 and 2, which the mutations name)."""
+    before = _through("fuse_rope_kv_write")
+    h = _through("fuse_rope_into_decode_attention")
+    fused = [n for n in ordered(h) if op_of(h, n).target == "kernel:decode_attention_rope"]
+    assert len(fused) == CFG.num_hidden_layers
+    assert not [n for n in h if op_of(h, n).target in ("kernel:rope_kv", "kernel:decode_attention")]
+    ropes = [op_of(before, n) for n in ordered(before) if op_of(before, n).target == "kernel:rope_kv"]
+    attns = [op_of(before, n) for n in ordered(before) if op_of(before, n).target == "kernel:decode_attention"]
+    for n, rope, attn in zip(fused, ropes, attns, strict=True):
+        op = op_of(h, n)
+        assert op.writes == 2 and op.args == rope.args + (attn.args[3],)
+        assert op.problem == {**attn.problem, "cos_dtype": rope.problem["cos_dtype"]}
+        assert op.outputs == (attn.outputs[0],) + rope.outputs[1:]
+        roles = [h.graph["roles"].get(a.node, "") for a in op.args[:2]]
+        assert {h.graph["mutations"][r] for r in roles} == {Ref(n, 1), Ref(n, 2)}
+
+
+def test_prefill_keeps_rope_kv():
+    h = _through("fuse_rope_into_decode_attention", "prefill")
+    assert len([n for n in h if op_of(h, n).target == "kernel:rope_kv"]) == CFG.num_hidden_layers
+    assert not [n for n in h if op_of(h, n).target == "kernel:decode_attention_rope"]
+
+
+def test_a_reader_of_the_written_cache_before_the_attention_blocks_the_fusion():
+    """Moving the write to the attention's place would hand that reader the old cache: no fusion."""
+    h = _through("fuse_rope_kv_write")
+    n = next(n for n in ordered(h) if op_of(h, n).target == "kernel:rope_kv")
+    t = op_of(h, n).outputs[1]
+    early = add_node(h, "early_read", Op("aten.clone.default", args=(Ref(n, 1),), outputs=(t,)),
+                     h.nodes[n]["order"] + 1e-4)
+    h.graph["outputs"] = list(h.graph["outputs"]) + [Ref(early)]
+    from ds4c.passes.rope import fuse_rope_into_decode_attention
+
+    out = fuse_rope_into_decode_attention(h)
+    verify(out)
+    assert len([m for m in out if op_of(out, m).target == "kernel:rope_kv"]) == 1
+    assert out.graph["stats"]["fuse_rope_into_decode_attention"] == CFG.num_hidden_layers - 1

@@ -43,6 +43,8 @@ def test_tiny_llama_compiles_and_matches_eager(dtype, device):
         # q and k rotated and both cache writes in one kernel per layer (prefill's also writes the rotated k
         # that its attention reads)
         assert r["fuse_rope_kv_write"] == L
+        # a decode step's rope_kv goes into its attention: one launch per layer for both
+        assert r.get("fuse_rope_into_decode_attention", 0) == (L if name == "decode" else 0)
         # prefill attention writes [B,T,H,D] for the o-projection (a decode step's transpose moves nothing)
         assert r.get("write_attention_output_transposed", 0) == (L if name == "prefill" else 0)
         # bf16 casts the fp32 rope tables once per layer; after CSE once per graph
