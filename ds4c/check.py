@@ -45,8 +45,9 @@ def check_graph(exe: Executable, kernels: dict[str, Kernel], *inputs: torch.Tens
             bound = TOLERANCE[got.dtype].rel
             if k.problem.get("w_dtype") in ("int8", "float8_e4m3fn"):
                 bound = max(bound, TOLERANCE[getattr(torch, k.problem["w_dtype"])].rel)
+            ref = ref.detach().cpu()  # references may be computed on the kernel's device
             defined = ~torch.isnan(ref)
-            err = rel_error(got.detach().cpu()[defined], ref.cpu()[defined])
+            err = rel_error(got.detach().cpu()[defined], ref[defined])
             out.append(KernelCheck(i, step.fn, k.template, err, bound))
 
     exe(*inputs, after_step=after)
