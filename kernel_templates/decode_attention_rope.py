@@ -22,7 +22,7 @@ from ds4c.device import GpuInfo
 from . import decode_attention as A
 from .base import Config, Problem, Template, dtype_of, randn
 from .flash_attention import attention_reference
-from .rope import rope_tables
+from .rope import rope_reference, rope_tables
 
 KEYS = A._KEYS | {"cos_dtype"}
 
@@ -71,17 +71,12 @@ def make_inputs(problem: Problem, device: torch.device, gen: torch.Generator) ->
     return [o], [k_cache, v_cache, q, k, v, cos, sin, as_tensor(n - 1), as_tensor(n)]
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
 def written_rows(problem: Problem, ins: list) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(rotated k, v, pos) in fp64 on CPU: the rows the kernel writes into the caches at pos."""
     _, _, _, k, v, cos, sin, pos, _ = ins
     cos, sin = (t.detach().cpu().to(torch.float64).reshape(-1) for t in (cos, sin))
     k, v = (t.detach().cpu().to(torch.float64) for t in (k, v))
-    return rope(k, cos, sin), v, int(pos.reshape(-1)[0].item())
+    return rope_reference(k, cos, sin), v, int(pos.reshape(-1)[0].item())
 
 
 def reference(problem: Problem, ins: list) -> list:
@@ -93,7 +88,7 @@ def reference(problem: Problem, ins: list) -> list:
     kc[:, :, pos] = rk[:, :, 0]
     vc[:, :, pos] = v_new[:, :, 0]
     cos, sin = (t.detach().cpu().to(torch.float64).reshape(-1) for t in (cos, sin))
-    rq = rope(q.detach().cpu().to(torch.float64), cos, sin)
+    rq = rope_reference(q.detach().cpu().to(torch.float64), cos, sin)
     n = int(kv_len.reshape(-1)[0].item())
     o = attention_reference(rq, kc.nan_to_num(0.0), vc, problem["scale"], causal=False, kv_len=n)
     return [o]

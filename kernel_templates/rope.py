@@ -88,11 +88,15 @@ def make_inputs(problem: Problem, device, gen: torch.Generator):
     return [y], [x, cos.to(device), sin.to(device)]
 
 
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin over the last dim, in x's dtype (the references pass fp64)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
 def reference(problem: Problem, ins: list) -> list:
     x, cos, sin = (t.detach().cpu().to(torch.float64) for t in ins)
-    half = problem["D"] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return [x * cos + rot * sin]
+    return [rope_reference(x, cos, sin)]
 
 
 def launch_kwargs(problem: Problem) -> dict:

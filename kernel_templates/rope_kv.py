@@ -22,7 +22,7 @@ import torch
 from ds4c.device import GpuInfo
 
 from .base import Config, Problem, Template, dtype_of, randn
-from .rope import SPACE, block_d, default_tile, rope_tables, valid_tile
+from .rope import SPACE, block_d, default_tile, rope_reference, rope_tables, valid_tile
 
 KEYS = ("B", "Hq", "Hkv", "T", "D", "S_max", "dtype", "cos_dtype")
 FLAGS = ("k_out", "bthd")  # optional, default False
@@ -78,11 +78,6 @@ def make_inputs(problem: Problem, device, gen: torch.Generator):
     return outs, [q, k, v, cos.contiguous().to(device), sin.contiguous().to(device), pos.to(device)]
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
 def reference(problem: Problem, ins: list) -> list:
     """q_out, [k_out,] and the caches as they must be: rows at pos written, every other row still NaN
     (untouched)."""
@@ -91,9 +86,9 @@ def reference(problem: Problem, ins: list) -> list:
     B, Hkv, S, D = problem["B"], problem["Hkv"], problem["S_max"], problem["D"]
     kc = torch.full((B, Hkv, S, D), float("nan"), dtype=torch.float64)
     vc = torch.full((B, Hkv, S, D), float("nan"), dtype=torch.float64)
-    kc[:, :, pos] = _rope(k, cos, sin)
+    kc[:, :, pos] = rope_reference(k, cos, sin)
     vc[:, :, pos] = v
-    rq, rk = _rope(q, cos, sin), _rope(k, cos, sin)
+    rq, rk = rope_reference(q, cos, sin), rope_reference(k, cos, sin)
     fresh = [rq, rk] if problem.get("k_out") else [rq]
     if problem.get("bthd"):
         fresh = [x.transpose(1, 2).contiguous() for x in fresh]

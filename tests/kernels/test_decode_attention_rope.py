@@ -15,6 +15,7 @@ from ds4c.device import H200, INTERPRETER
 from ds4c.kernel_templates import get
 from ds4c.kernel_templates.base import dtype_of
 from ds4c.kernel_templates.decode_attention_rope import written_rows
+from ds4c.kernel_templates.rope import rope_tables
 from ds4c.precision import assert_close
 from ds4c.runtime.loader import load_source
 
@@ -45,8 +46,6 @@ def _inputs(problem, device, kv_len=None, seed=None):
         kc, vc = (torch.randn(t.shape, generator=gen).to(t.dtype).to(device) for t in ins[:2])
         kc[:, :, kv_len - 1:] = float("nan")
         vc[:, :, kv_len - 1:] = float("nan")
-        from ds4c.kernel_templates.rope import rope_tables
-
         cos, sin = rope_tables(1, problem["D"], dtype_of(problem["cos_dtype"]), offset=kv_len - 1)
         ins = [kc, vc, *ins[2:5], cos.to(device), sin.to(device),
                torch.tensor([kv_len - 1], device=device), torch.tensor([kv_len], device=device)]
@@ -109,8 +108,6 @@ def test_pos_and_kv_len_change_between_identical_launches(device):
     kc, vc, q, k, v, cos, sin, pos, kv_len = ins
     pos, kv_len = pos.to(torch.int32), kv_len.to(torch.int32)  # int32 works as well as int64
     mod = load_source(TEMPLATE.source(problem))
-    from ds4c.kernel_templates.rope import rope_tables
-
     gen = torch.Generator().manual_seed(seed)
     for n in (3, 4, 5, 17, 18):  # 5 -> 17: rows 5..15 stay NaN and lie below kv_len, so they are zeroed first
         kc[:, :, :n - 1] = kc[:, :, :n - 1].nan_to_num(0.25)

@@ -1,7 +1,8 @@
 """fuse_rope_kv_write on the tiny Llama: per layer, the two ropes and the two KV-cache index_copy_ writes
 become one rope_kv kernel that writes the caches in place (IR invariant 7); in prefill it also writes the
 rotated k that the attention reads, q and k laid out [B, T, H, D]; the IR verifier rejects a reader of the old
-cache value placed after that write."""
+cache value placed after that write. Then fuse_rope_into_decode_attention: a decode step's rope_kv goes into
+the attention after it, unless something reads the written caches in between."""
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from ds4c.ir import IRError, Op, Ref, add_node, op_of, ordered, verify
 from ds4c.llm import capture_llm
 from ds4c.models.configs import BUILTIN
 from ds4c.models.llama import Llama, init_random
+from ds4c.passes.rope import fuse_rope_into_decode_attention
 from ds4c.pipeline import default_passes
 
 CFG = BUILTIN["tiny-llama"]
@@ -109,8 +111,6 @@ def test_a_reader_of_the_written_cache_before_the_attention_blocks_the_fusion():
     early = add_node(h, "early_read", Op("aten.clone.default", args=(Ref(n, 1),), outputs=(t,)),
                      h.nodes[n]["order"] + 1e-4)
     h.graph["outputs"] = list(h.graph["outputs"]) + [Ref(early)]
-    from ds4c.passes.rope import fuse_rope_into_decode_attention
-
     out = fuse_rope_into_decode_attention(h)
     verify(out)
     assert len([m for m in out if op_of(out, m).target == "kernel:rope_kv"]) == 1
