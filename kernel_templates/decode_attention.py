@@ -24,15 +24,15 @@ SPACE = SearchSpace((
     ("num_stages", (1, 2, 3, 4)),
 ))
 
-_KEYS = {"B", "Hq", "Hkv", "S_max", "D", "dtype", "scale"}
+KEYS = {"B", "Hq", "Hkv", "S_max", "D", "dtype", "scale"}
 _MIN_ROWS = 16  # query rows per program are padded to this for tl.dot
 _MAX_REGS_PER_THREAD = 192
 
 
 def check_problem(problem: Problem) -> None:
     """Raise ValueError for a problem the kernel cannot compute."""
-    if set(problem) != _KEYS:
-        raise ValueError(f"decode_attention problem needs the keys {sorted(_KEYS)}, got {sorted(problem)}")
+    if set(problem) != KEYS:
+        raise ValueError(f"decode_attention problem needs the keys {sorted(KEYS)}, got {sorted(problem)}")
     if problem["dtype"] not in DTYPES:
         raise ValueError(f"decode_attention takes {DTYPES}, not {problem['dtype']!r}")
     if problem["Hkv"] < 1 or problem["Hq"] % problem["Hkv"] != 0:

@@ -24,7 +24,7 @@ from .base import Config, Problem, Template, dtype_of, randn
 from .flash_attention import attention_reference
 from .rope import rope_reference, rope_tables
 
-KEYS = A._KEYS | {"cos_dtype"}
+KEYS = A.KEYS | {"cos_dtype"}
 
 
 def attention_problem(problem: Problem) -> Problem:
@@ -71,12 +71,14 @@ def make_inputs(problem: Problem, device: torch.device, gen: torch.Generator) ->
     return [o], [k_cache, v_cache, q, k, v, cos, sin, as_tensor(n - 1), as_tensor(n)]
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().to(torch.float64)
+
+
 def written_rows(problem: Problem, ins: list) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(rotated k, v, pos) in fp64 on CPU: the rows the kernel writes into the caches at pos."""
     _, _, _, k, v, cos, sin, pos, _ = ins
-    cos, sin = (t.detach().cpu().to(torch.float64).reshape(-1) for t in (cos, sin))
-    k, v = (t.detach().cpu().to(torch.float64) for t in (k, v))
-    return rope_reference(k, cos, sin), v, int(pos.reshape(-1)[0].item())
+    return rope_reference(_f64(k), _f64(cos).reshape(-1), _f64(sin).reshape(-1)), _f64(v), int(pos.item())
 
 
 def reference(problem: Problem, ins: list) -> list:
@@ -84,18 +86,12 @@ def reference(problem: Problem, ins: list) -> list:
     launched or as left after the launch: only row pos differs)."""
     k_cache, v_cache, q, _, _, cos, sin, _, kv_len = ins
     rk, v_new, pos = written_rows(problem, ins)
-    kc, vc = (t.detach().cpu().to(torch.float64).clone() for t in (k_cache, v_cache))
+    kc, vc = _f64(k_cache).clone(), _f64(v_cache).clone()
     kc[:, :, pos] = rk[:, :, 0]
     vc[:, :, pos] = v_new[:, :, 0]
-    cos, sin = (t.detach().cpu().to(torch.float64).reshape(-1) for t in (cos, sin))
-    rq = rope_reference(q.detach().cpu().to(torch.float64), cos, sin)
-    n = int(kv_len.reshape(-1)[0].item())
-    o = attention_reference(rq, kc.nan_to_num(0.0), vc, problem["scale"], causal=False, kv_len=n)
+    rq = rope_reference(_f64(q), _f64(cos).reshape(-1), _f64(sin).reshape(-1))
+    o = attention_reference(rq, kc.nan_to_num(0.0), vc, problem["scale"], causal=False, kv_len=int(kv_len.item()))
     return [o]
-
-
-def launch_kwargs(problem: Problem) -> dict:
-    return {"scale": float(problem["scale"])}
 
 
 def cost(problem: Problem) -> tuple[float, float]:
@@ -115,6 +111,6 @@ TEMPLATE = Template(
     default=default,
     make_inputs=make_inputs,
     reference=reference,
-    launch_kwargs=launch_kwargs,
+    launch_kwargs=A.launch_kwargs,
     cost=cost,
 )

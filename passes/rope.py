@@ -261,15 +261,14 @@ def fuse_rope_into_decode_attention(g: Graph) -> Graph:
         rop = op_of(g, r)
         if rop.target != "kernel:rope_kv" or (q, k, v) != (Ref(r, 0), Ref(r, 1), Ref(r, 2)):
             continue
-        if rop.problem.get("k_out") or rop.problem["T"] != 1 or len(rop.outputs) != 3:
+        if rop.problem.get("k_out") or rop.problem["T"] != 1:
             continue
         # the write moves from the rope_kv's place to the attention's: nothing may read the written caches
         # in between, and the rotated q goes nowhere else
         order = g.nodes[name]["order"]
-        if any(g.nodes[u]["order"] < order for u in users(g, r) if u != name):
-            continue
-        if any(u != name for u in users(g, r) if Ref(r, 0) in op_refs(op_of(g, u))) or \
-                Ref(r, 0) in graph_output_refs(g):
+        others = [u for u in users(g, r) if u != name]
+        if Ref(r, 0) in graph_output_refs(g) or any(
+                g.nodes[u]["order"] < order or Ref(r, 0) in op_refs(op_of(g, u)) for u in others):
             continue
         kc, vc, xq, xk, xv, cos, sin, pos = rop.args
         problem = {**op.problem, "cos_dtype": rop.problem["cos_dtype"]}
