@@ -49,10 +49,10 @@ class EngineResult:
     decode_ms_p10: float | None = None
     decode_ms_p90: float | None = None
     j_per_token: float | None = None
-    decode_watts: float | None = None  # mean GPU power over the timed decode loops (energy / their time)
+    decode_watts: float | None = None  # mean GPU power over the timed decode loops (energy / wall time of that window)
     decode_sm_mhz: float | None = None  # mean SM clock over them (NVML, sampled every 10 ms)
     prefill_j: float | None = None  # GPU energy per timed prefill
-    prefill_watts: float | None = None  # mean GPU power over the timed prefills (energy / their time)
+    prefill_watts: float | None = None  # mean GPU power over the timed prefills (energy / wall time of that window)
     prefill_sm_mhz: float | None = None  # mean SM clock over them: below the maximum at the power limit
     peak_mem_gib: float | None = None
     launches_per_step: float | None = None

@@ -227,19 +227,41 @@ class _ClockMeter:
 
 def test_energy_figures_from_the_counter(monkeypatch):
     monkeypatch.setattr(measure.EnergyMeter, "open", staticmethod(lambda device: (_ClockMeter(), None)))
-    spec = BenchSpec(config="tiny-llama", prompt_len=9, decode_len=4, warmup=1, repeats=3, engines=("eager",),
+    spec = BenchSpec(config="tiny-llama", prompt_len=9, decode_len=8, warmup=1, repeats=8, engines=("eager",),
                      seed=random.randint(0, 999), ceiling_sizes=TINY_CEILINGS, warm_compile=False)
     e = run_bench(spec, CPU, command="test")["engines"]["eager"]
-    # the counter also runs between loops, so the mean power is at least the meter's, and not far above it
-    assert _ClockMeter.WATTS * 0.99 <= e["decode_watts"] <= _ClockMeter.WATTS * 1.5
-    # J/token is the power times the mean time of a token over the loops; decode_tok_s_loop is the median
-    # loop's rate, so the two agree only as closely as the loops do (a loaded machine spreads them)
+    w = _ClockMeter.WATTS
+    # the power is the energy over the wall time of the window the counter covered, whose clock is read
+    # outside the counter's readings: the meter's own power, never above it (a dip only if the host stalls
+    # between two reads)
+    assert 0.5 * w <= e["decode_watts"] <= 1.001 * w
+    assert 0.5 * w <= e["prefill_watts"] <= 1.001 * w
+    # energy / power is the window's time per unit: at least about the median loop's time per token (the
+    # window holds every loop; a stalled loop lifts the mean, not the median), and far from the 8x of a
+    # figure per loop rather than per token
     seconds_per_token = e["j_per_token"] / e["decode_watts"]
-    assert 0.5 <= seconds_per_token * e["decode_tok_s_loop"] <= 2.0
+    assert 0.6 <= seconds_per_token * e["decode_tok_s_loop"] <= 4.0
     # prefill: energy per prefill over the power is the time of one, which the median TTFT is near
-    assert _ClockMeter.WATTS * 0.99 <= e["prefill_watts"] <= _ClockMeter.WATTS * 2.0
-    assert 0.3 <= e["prefill_j"] / e["prefill_watts"] * 1e3 / e["ttft_ms"] <= 3.0
+    assert 0.6 <= e["prefill_j"] / e["prefill_watts"] * 1e3 / e["ttft_ms"] <= 4.0
     assert e["prefill_sm_mhz"] == e["decode_sm_mhz"] == _ClockMeter.MHZ
+
+
+def test_energy_is_per_unit_over_the_counted_window(monkeypatch):
+    from ds4c.benchmark import runner
+
+    class Meter:
+        def __init__(self):
+            self.mj = iter([1_000, 7_000])
+
+        def read_mj(self):
+            return next(self.mj)
+
+    meter, clock = Meter(), iter([10.0, 12.0])
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(clock))
+    start = runner._energy_start(meter)
+    assert runner._energy(meter, start, CPU, units=3) == (2.0, 3.0)  # 6 J over 3 units, 6 J over 2 s
+    assert runner._energy_start(None) is None
+    assert runner._energy(None, None, CPU, units=3) == (None, None)
 
 
 def test_clock_sampler_reads_while_the_block_runs():
