@@ -80,6 +80,10 @@ class Template:
     # one config per implementation other than the tiles (IMPL != 0) that the tuner measures right after the
     # default; None: every valid config with IMPL != 0 (right where each such implementation has one config)
     alternatives: Callable[[Problem, GpuInfo], list[Config]] | None = None
+    # the problem keys that count tokens or cache positions: what varies between calls of one kernel in a
+    # model or between models compiled for other lengths (batch*sequence rows, a cache's capacity). A tuning
+    # lookup may borrow a config tuned for other values of them; the first one measures the distance.
+    token_dims: tuple[str, ...] = ()
 
     def source(self, problem: Problem) -> str:
         return render(self.file, **self.holes(problem))

@@ -147,4 +147,5 @@ TEMPLATE = Template(
     reference=reference,
     launch_kwargs=launch_kwargs,
     cost=cost,
+    token_dims=("S_max",),
 )

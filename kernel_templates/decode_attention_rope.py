@@ -113,4 +113,5 @@ TEMPLATE = Template(
     reference=reference,
     launch_kwargs=A.launch_kwargs,
     cost=cost,
+    token_dims=("S_max",),
 )

@@ -194,4 +194,5 @@ TEMPLATE = Template(
     reference=reference,
     launch_kwargs=launch_kwargs,
     cost=cost,
+    token_dims=("T", "S"),
 )

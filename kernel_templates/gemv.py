@@ -91,4 +91,5 @@ TEMPLATE = Template(
     reference=C.reference,
     launch_kwargs=C.launch_kwargs,
     cost=C.cost,
+    token_dims=("M",),
 )

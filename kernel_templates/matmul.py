@@ -182,4 +182,5 @@ TEMPLATE = Template(
     launch_kwargs=C.launch_kwargs,
     cost=C.cost,
     alternatives=alternatives,
+    token_dims=("M",),
 )

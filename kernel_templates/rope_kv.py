@@ -111,4 +111,5 @@ def cost(problem: Problem) -> tuple[float, float]:
 TEMPLATE = Template(
     name="rope_kv", file="rope_kv.py.j2", space=SPACE, holes=_holes, valid=valid, default=default,
     make_inputs=make_inputs, reference=reference, launch_kwargs=launch_kwargs, cost=cost, writes=2,
+    token_dims=("T", "S_max"),
 )

@@ -53,4 +53,5 @@ def cost(problem: Problem) -> tuple[float, float]:
 TEMPLATE = Template(
     name="softmax", file="softmax.py.j2", space=ROW_SPACE, holes=_holes, valid=valid, default=default,
     make_inputs=make_inputs, reference=reference, launch_kwargs=launch_kwargs, cost=cost,
+    token_dims=("rows",),
 )

@@ -223,16 +223,16 @@ class TuningDB:
         exact = self.best_valid(fields.key, template, problem, gpu)
         if exact is not None:
             return exact[0]
-        n = token_count(template.name, problem)
+        n = token_count(template, problem)
         if n is None:
             return None
-        rest = without_token_dim(template.name, fields.problem)
+        rest = without_token_dim(template, fields.problem)
         candidates = []
         for _, key, f, _ in self.studies():
             if f is None or f.template != template.name or not f.same_environment(fields):
                 continue
-            m = token_count(template.name, f.problem)
-            if m is None or without_token_dim(template.name, f.problem) != rest:
+            m = token_count(template, f.problem)
+            if m is None or without_token_dim(template, f.problem) != rest:
                 continue
             try:
                 if f.source_hash != template.source_hash(f.problem):

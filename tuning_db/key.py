@@ -20,21 +20,6 @@ from ds4c.kernel_templates.base import Problem, Template
 
 SCHEMA_VERSION = 1
 
-# template name -> the problem keys that count tokens (the dimension that varies between calls of one
-# kernel in a model: batch*sequence rows; prefill attention has T = S). `lookup` may borrow a config tuned
-# for another value of them; the first one measures the distance.
-TOKEN_DIM: dict[str, tuple[str, ...]] = {
-    "matmul": ("M",),
-    "gemv": ("M",),
-    "pointwise": ("rows",),
-    "rmsnorm": ("rows",),
-    "softmax": ("rows",),
-    "rope": ("T",),
-    "flash_attention": ("T", "S"),
-    "decode_attention": ("S",),
-}
-
-
 @dataclass(frozen=True)
 class KeyFields:
     """The readable fields a key is hashed from (stored beside each study as user attributes)."""
@@ -98,13 +83,12 @@ def tuning_key(template: Template, problem: Problem, gpu: GpuInfo) -> str:
     return key_fields(template, problem, gpu).key
 
 
-def without_token_dim(template_name: str, problem: Problem) -> dict:
-    """The problem with its token dimension removed (what must match for a nearest-neighbour lookup)."""
-    dims = TOKEN_DIM.get(template_name, ())
-    return {k: v for k, v in problem.items() if k not in dims}
+def without_token_dim(template: Template, problem: Problem) -> dict:
+    """The problem without the template's token dimensions (what must match for a nearest-neighbour lookup)."""
+    return {k: v for k, v in problem.items() if k not in template.token_dims}
 
 
-def token_count(template_name: str, problem: Problem) -> int | None:
-    dims = TOKEN_DIM.get(template_name, ())
-    v = problem.get(dims[0]) if dims else None
+def token_count(template: Template, problem: Problem) -> int | None:
+    """The problem's value of the template's first token dimension; None when it has none."""
+    v = problem.get(template.token_dims[0]) if template.token_dims else None
     return v if type(v) is int and v > 0 else None

@@ -206,19 +206,20 @@ def test_hostile_entries_are_rejected_with_a_warning(db_url, caplog):
 
 
 def test_nearest_token_count_is_borrowed_only_for_the_same_kernel(db_url, monkeypatch):
-    monkeypatch.setitem(keymod.TOKEN_DIM, VECADD.name, ("n",))
+    vec = dataclasses.replace(VECADD, token_dims=("n",))
     db = TuningDB(db_url)
-    small = tune(VECADD, {"n": 200, "dtype": "float32"}, db, INTERPRETER,
+    small = tune(vec, {"n": 200, "dtype": "float32"}, db, INTERPRETER,
                  TuneSettings(trials=10, sampler="random", seed=1))
-    big = tune(VECADD, {"n": 1000, "dtype": "float32"}, db, INTERPRETER,
+    big = tune(vec, {"n": 1000, "dtype": "float32"}, db, INTERPRETER,
                TuneSettings(trials=10, sampler="random", seed=2))
     assert small.best_config is not None and big.best_config is not None
-    assert db.lookup(VECADD, {"n": 900, "dtype": "float32"}, INTERPRETER) == big.best_config
-    assert db.lookup(VECADD, {"n": 150, "dtype": "float32"}, INTERPRETER) == small.best_config
-    assert db.lookup(VECADD, {"n": 900, "dtype": "float16"}, INTERPRETER) is None  # other dtype
-    assert db.lookup(VECADD, {"n": 900, "dtype": "float32", "scale": 2.0}, INTERPRETER) is None  # hole
+    assert db.lookup(vec, {"n": 900, "dtype": "float32"}, INTERPRETER) == big.best_config
+    assert db.lookup(vec, {"n": 150, "dtype": "float32"}, INTERPRETER) == small.best_config
+    assert db.lookup(vec, {"n": 900, "dtype": "float16"}, INTERPRETER) is None  # other dtype
+    assert db.lookup(vec, {"n": 900, "dtype": "float32", "scale": 2.0}, INTERPRETER) is None  # hole
+    assert db.lookup(VECADD, {"n": 900, "dtype": "float32"}, INTERPRETER) is None  # no token dimension
     monkeypatch.setattr(keymod.torch, "__version__", "0.0.0-other")
-    assert db.lookup(VECADD, {"n": 900, "dtype": "float32"}, INTERPRETER) is None  # other torch
+    assert db.lookup(vec, {"n": 900, "dtype": "float32"}, INTERPRETER) is None  # other torch
 
 
 def test_export_import_round_trip_into_fresh_sqlite(db_url, tmp_path):
