@@ -45,10 +45,11 @@ def test_greedy_tokens_equal_eager(smollm2, device):
     model.load_state_dict(load_weights(smollm2, dtype=dtype, device=device), strict=False)
     tok = load_tokenizer(smollm2 / "tokenizer.json")
     ids = tok.encode("The capital of France is")
-    eager = _greedy(model.prefill, model.decode, ids, 16, device)
+    n = 16 if device.type == "cuda" else 8  # an interpreted decode step of 30 layers takes seconds
+    eager = _greedy(model.prefill, model.decode, ids, n, device)
     reset_cache(model)
     compiled = compile_llm(model, prefill_len=len(ids), options=Options(use_db=False))
-    ours = _greedy(compiled.prefill, compiled.decode, ids, 16, device)
+    ours = _greedy(compiled.prefill, compiled.decode, ids, n, device)
     assert tok.decode(eager).startswith(" Paris")
     assert ours == eager, f"ds4c {tok.decode(ours)!r} != eager {tok.decode(eager)!r}"
     # the report shows what was fused: every layer's attention and FFN went to kernels
