@@ -1,12 +1,17 @@
 """`torch.compile(model, backend="ds4c")`: dynamo's graph -> aot_autograd (ATen level) -> the ds4c
 pipeline -> an Executable. Ops no template covers run on ATen (logged once per graph with the reason);
-a graph ds4c cannot take at all (symbolic shapes, unsupported values) runs as aot_autograd gave it,
-with a warning. Registered through the `torch_dynamo_backends` entry point in pyproject.toml.
+a graph ds4c cannot take at all (unsupported values) runs as aot_autograd gave it, with a warning.
+
+ds4c compiles static shapes. A graph with symbolic sizes (dynamo marks a size dynamic once it has seen it
+change, or with `dynamic=True`) is compiled once per concrete signature of its inputs, when a call first
+brings it: up to MAX_SPECIALIZATIONS of them, after which new signatures run on ATen as captured.
+Registered through the `torch_dynamo_backends` entry point in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -24,20 +29,30 @@ def _device_of(inputs) -> torch.device:
     return torch.device("cpu")
 
 
+MAX_SPECIALIZATIONS = 8  # static compiles per graph with symbolic sizes; later signatures run on ATen
+
+
 def compile_aten(gm: torch.fx.GraphModule, example_inputs, options: Options | None = None):
     """An ATen FX graph -> a boxed callable running ds4c kernels (or gm itself if ds4c cannot take it)."""
     from functorch.compile import make_boxed_func
-
-    options = options or Options(use_db=True)
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    options = options or Options(use_db=True)
+    if _is_symbolic(gm):
+        return make_boxed_func(PerShape(gm, options))
+    with unset_fake_temporarily():  # aot_autograd calls us under fake mode: the arena must be real
+        run = _compile_static(gm, options, _device_of(example_inputs))
+    return make_boxed_func(run or gm.forward)
+
+
+def _compile_static(gm: torch.fx.GraphModule, options: Options, device: torch.device) -> Callable | None:
+    """gm (static shapes) compiled by ds4c; None, with a warning, where ds4c cannot take it."""
     try:
         g = graph_from_fx(gm)
-        with unset_fake_temporarily():  # aot_autograd calls us under fake mode: the arena must be real
-            exe, opt, table = build_executable(g, {}, options, _device_of(example_inputs))
+        exe, opt, table = build_executable(g, {}, options, device)
     except (Ds4cError, NotImplementedError) as e:
         log.warning("ds4c: running this graph on ATen as captured: %s", e)
-        return make_boxed_func(gm.forward)
+        return None
     rep = report({"graph": opt}, table)["graph"]
     fallbacks = {t: f for t, f in rep["fallbacks"].items() if not f["why"].startswith("view")}
     if fallbacks:
@@ -48,7 +63,110 @@ def compile_aten(gm: torch.fx.GraphModule, example_inputs, options: Options | No
         return exe(*args)
 
     run.ds4c_report = rep
-    return make_boxed_func(run)
+    return run
+
+
+def _is_symbolic(gm: torch.fx.GraphModule) -> bool:
+    """True when an input of gm is a symbolic size or a tensor with one."""
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.SymInt | torch.SymFloat | torch.SymBool):
+            return True
+        if isinstance(val, torch.Tensor) and any(
+                isinstance(d, torch.SymInt) for d in (*val.shape, *val.stride(), val.storage_offset())):
+            return True
+    return False
+
+
+def _signature(args) -> tuple:
+    """What a static compile of a graph depends on in its inputs: each tensor's shape, strides, dtype and
+    device; each other value itself."""
+    return tuple((tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else (type(a), a)
+                 for a in args)
+
+
+class PerShape:
+    """A graph with symbolic sizes, compiled by ds4c once per signature of its inputs (`_signature`).
+
+    A call with a new signature traces the graph again at those concrete sizes (make_fx over fake copies
+    of the inputs: the sizes become constants and the non-tensor inputs leave the graph) and compiles that
+    static graph. After MAX_SPECIALIZATIONS of them, new signatures run the symbolic graph on ATen.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, options: Options):
+        self.gm, self.options = gm, options
+        self.compiled: dict[tuple, Callable] = {}
+        self._warned = False
+
+    def __call__(self, *args):
+        key = _signature(args)
+        fn = self.compiled.get(key)
+        if fn is None:
+            fn = self._specialize(args, key)
+        return fn(*args)
+
+    def _specialize(self, args: tuple, key: tuple) -> Callable:
+        if len(self.compiled) >= MAX_SPECIALIZATIONS:
+            if not self._warned:
+                log.warning("ds4c: this graph met more than %d input signatures; new ones run on ATen as "
+                            "captured", MAX_SPECIALIZATIONS)
+                self._warned = True
+            return self.gm.forward
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        log.info("ds4c: compiling the graph for input shapes %s (%d of at most %d)", shapes,
+                 len(self.compiled) + 1, MAX_SPECIALIZATIONS)
+        try:
+            static, constants = _trace_static(self.gm, args)
+        except Exception as e:  # a graph make_fx cannot trace again: ATen as captured, never a failed call
+            log.warning("ds4c: running this graph on ATen as captured: tracing it at %s failed: %s", shapes, e)
+            fn = self.gm.forward
+        else:
+            run = _compile_static(static, self.options, _device_of(args))
+            fn = self.gm.forward if run is None else _tensors_only(run, constants)
+        self.compiled[key] = fn
+        return fn
+
+
+def _trace_static(gm: torch.fx.GraphModule, args: tuple) -> tuple[torch.fx.GraphModule, dict[int, object]]:
+    """gm traced again at the concrete values of args: its placeholders are the tensor inputs only. Outputs
+    that became constants (the sizes a forward graph saves for its backward) leave the graph: they are
+    returned by position."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    tensor_at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def at_these_sizes(*tensors):
+        full = list(args)
+        for i, t in zip(tensor_at, tensors, strict=True):
+            full[i] = t
+        return gm(*full)
+
+    static = make_fx(at_these_sizes, tracing_mode="fake")(*(args[i] for i in tensor_at))
+    out = next(n for n in static.graph.nodes if n.op == "output")
+    outs = out.args[0]
+    if not isinstance(outs, (list, tuple)):
+        return static, {}
+    constants = {i: o for i, o in enumerate(outs) if not isinstance(o, torch.fx.Node)}
+    if constants:
+        out.args = (type(outs)(o for o in outs if isinstance(o, torch.fx.Node)),)
+        static.recompile()
+    return static, constants
+
+
+def _tensors_only(run: Callable, constants: dict[int, object]) -> Callable:
+    """run (a static graph's callable) called with the tensor arguments only; its outputs with the
+    constant ones put back in their places."""
+
+    def call(*args):
+        outs = list(run(*(a for a in args if isinstance(a, torch.Tensor))))
+        for i in sorted(constants):
+            outs.insert(i, constants[i])
+        return outs
+
+    call.ds4c_report = run.ds4c_report
+    return call
 
 
 def ds4c_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):

@@ -89,6 +89,8 @@ def graph_from_fx(gm: fx.GraphModule, roles: dict[str, str] | None = None,
             outs = node.args[0]
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             n_user = len(outs) if user_outputs is None else user_outputs
+            if not all(isinstance(o, fx.Node) for o in outs):
+                raise Ds4cError("a graph output is not a tensor (a constant or a size); ds4c returns tensors")
             g.graph["outputs"] = [_convert(o, refs) for o in outs[:n_user]]
             for state, o in zip(mutation_names or [], outs[n_user:], strict=True):
                 g.graph["mutations"][state] = _convert(o, refs)

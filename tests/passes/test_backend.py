@@ -1,12 +1,19 @@
 """torch.compile(..., backend="ds4c") on a small conv net: the convolution has no template and runs on ATen
-(logged with the reason), the rest is compiled, and the result equals eager."""
+(logged with the reason), the rest is compiled, and the result equals eager. A graph with symbolic sizes is
+compiled once per input signature, inference and training."""
 
 import logging
+import random
 
+import pytest
 import torch
 from torch import nn
 
+from ds4c import backend
+from ds4c.capture import graph_from_fx
+from ds4c.errors import Ds4cError
 from ds4c.precision import assert_close
+from ds4c.runtime.executor import Executable
 
 
 class ConvNet(nn.Module):
@@ -38,3 +45,87 @@ def test_conv_net_through_the_backend(device, caplog):
         x = torch.randn(2, 3, 5, 7, device=device)
         assert_close(compiled(x).cpu(), net(x).cpu())
     torch._dynamo.reset()
+
+
+class _Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(33, 65), nn.Linear(65, 7)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x)) * 2.0).reshape(x.shape[0], -1)
+
+
+@pytest.fixture
+def ds4c_runs(monkeypatch):
+    """The number of times a ds4c Executable ran (a graph on ATen as captured does not count)."""
+    calls = []
+    real = Executable.__call__
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Executable, "__call__", counted)
+    return calls
+
+
+def test_symbolic_sizes_compile_once_per_signature(device, caplog, ds4c_runs):
+    torch.manual_seed(random.randint(0, 2**31))
+    net = _Mlp().to(device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="ds4c", dynamic=True)
+    rows = [5, 9, 5, 3, 9]
+    with caplog.at_level(logging.INFO, logger="ds4c.backend"), torch.no_grad():
+        for n in rows:
+            x = torch.randn(n, 33, device=device)
+            assert_close(compiled(x).cpu(), net(x).cpu())
+    assert "running this graph on ATen" not in caplog.text
+    specialized = [r.getMessage() for r in caplog.records if "compiling the graph for input shapes" in r.getMessage()]
+    assert len(specialized) == len(set(rows)), specialized
+    assert len(ds4c_runs) == len(rows)  # every call ran ds4c's kernels
+    torch._dynamo.reset()
+
+
+def test_past_the_limit_new_signatures_run_on_aten(device, caplog, monkeypatch, ds4c_runs):
+    monkeypatch.setattr(backend, "MAX_SPECIALIZATIONS", 2)
+    net = _Mlp().to(device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="ds4c", dynamic=True)
+    with caplog.at_level(logging.INFO, logger="ds4c.backend"), torch.no_grad():
+        for n in (4, 6, 8, 10, 4):
+            x = torch.randn(n, 33, device=device)
+            assert_close(compiled(x).cpu(), net(x).cpu())
+    assert len(ds4c_runs) == 3  # 4, 6 and 4 again; 8 and 10 ran on ATen
+    assert caplog.text.count("met more than 2 input signatures") == 1
+    torch._dynamo.reset()
+
+
+def test_training_with_symbolic_sizes_gives_eager_gradients(device, ds4c_runs):
+    """The forward graph of a training step returns the sizes its backward needs: traced at one signature
+    they are constants, which the compiled forward still returns in their places."""
+    torch.manual_seed(random.randint(0, 2**31))
+    net = _Mlp().to(device).double()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="ds4c", dynamic=True)
+    for n in (5, 11):
+        x = torch.randn(n, 33, device=device, dtype=torch.float64, requires_grad=True)
+        compiled(x).square().sum().backward()
+        got = [x.grad.clone()] + [p.grad.clone() for p in net.parameters()]
+        x.grad = None
+        net.zero_grad()
+        net(x).square().sum().backward()
+        want = [x.grad] + [p.grad for p in net.parameters()]
+        net.zero_grad()
+        for g, w in zip(got, want, strict=True):
+            assert_close(g.cpu(), w.cpu())
+    assert len(ds4c_runs) >= 2  # the forwards (and the backwards, where ds4c takes them) ran ds4c
+    torch._dynamo.reset()
+
+
+def test_a_graph_returning_a_constant_is_refused_with_a_clear_error():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(lambda x: (x.sin(), 3))(torch.randn(2))
+    with pytest.raises(Ds4cError, match="output is not a tensor"):
+        graph_from_fx(gm)
