@@ -112,6 +112,21 @@ def _num(v: float | int) -> str:
     return repr(float(v))
 
 
+def _pow(x: str, p: float) -> str:
+    """x ** p in Triton as torch computes it: products for small integer powers (a negative base keeps its
+    sign, as ATen's pow does for 3 and -2), exp(p * log|x|) with the sign of an odd power for larger ones,
+    exp(p * log(x)) otherwise (NaN for a negative base, as torch gives)."""
+    if p == 0:
+        return f"(tl.zeros_like({x}) + 1.0)"  # torch.pow(x, 0) is 1 for every x, NaN included
+    if float(p).is_integer() and abs(p) <= 4:
+        prod = " * ".join([f"({x})"] * int(abs(p)))
+        return f"({prod})" if p > 0 else f"(1.0 / ({prod}))"
+    if float(p).is_integer():
+        mag = f"tl.exp({_num(p)} * tl.log(tl.abs({x})))"
+        return f"tl.where({x} < 0, -{mag}, {mag})" if int(p) % 2 else mag
+    return f"tl.exp({_num(p)} * tl.log({x}))"
+
+
 def to_triton(e: Expr, names: Mapping[str, str] | None = None) -> str:
     """Triton source for e; variables are renamed through `names` (default: kept). Computes in fp32."""
     names = names or {}
@@ -132,7 +147,7 @@ def to_triton(e: Expr, names: Mapping[str, str] | None = None) -> str:
             return x
         if p == -1:
             return f"(1.0 / {x})"
-        return f"tl.exp({_num(p)} * tl.log({x}))"
+        return _pow(x, p)
     if op == "cast":
         # A cast inside a fused chain rounds to the narrower type and computes on in fp32 again.
         tl_dtype = {"float32": "tl.float32", "float16": "tl.float16", "bfloat16": "tl.bfloat16"}[e[2]]

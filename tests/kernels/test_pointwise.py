@@ -93,6 +93,17 @@ def test_default_matches_reference(name, device):
     _run(problem, config, device)
 
 
+@pytest.mark.parametrize("p", [3, 4, -2, -3, 5, 6, 7, -5, 0, 1.5, 0.25])
+def test_powers_of_negative_and_zero_bases(p, device):
+    """pow as torch computes it: a negative base keeps the sign of an odd integer power (GPT-2's tanh GELU
+    spells x ** 3 this way), gives NaN for a fractional one, a zero base gives 0 for p > 0, and x ** 0 is 1."""
+    signed = _problem([9, 37], "float32", [("float32", [37, 1])], ["pow", "x0", p])
+    _run(signed, TEMPLATE.default(signed, INTERPRETER), device)
+    if p > 0:  # half the bases exactly zero
+        zeros = _problem([9, 37], "float32", [("float32", [37, 1])], ["pow", ["maximum", "x0", -0.0], p])
+        _run(zeros, TEMPLATE.default(zeros, INTERPRETER), device)
+
+
 @pytest.mark.parametrize("name", ["silu_mul_bf16", "add_cast_row_vector", "transposed", "rank6_bcast"])
 def test_random_valid_configs(name, device):
     problem = CASES[name]

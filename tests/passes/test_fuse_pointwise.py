@@ -74,7 +74,8 @@ def test_integer_ops_stay_aten():
 UNARY = {"neg": torch.neg, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "abs": torch.abs,
          "sin": torch.sin, "cos": torch.cos, "silu": F.silu, "gelu": F.gelu,
          "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "exp_tanh": lambda x: torch.exp(torch.tanh(x)),
-         "rsqrt1p": lambda x: torch.rsqrt(x * x + 1), "sq": lambda x: x.pow(2), "recip": lambda x: 1 / (x.abs() + 1)}
+         "rsqrt1p": lambda x: torch.rsqrt(x * x + 1), "sq": lambda x: x.pow(2), "cube": lambda x: x.pow(3),
+         "recip": lambda x: 1 / (x.abs() + 1)}
 BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "max": torch.maximum, "min": torch.minimum,
           "div": torch.div,  # only by a scalar or an input leaf, which _inputs keeps in [0.5, 1.5)
           "add_alpha": lambda a, b: torch.add(a, b, alpha=0.5) if isinstance(b, torch.Tensor) else a + b}
