@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .capture import graph_from_fx
+from .capture import fx_constants, graph_from_fx
 from .compiler import Options, build_executable, report
 from .errors import Ds4cError
 
@@ -49,7 +49,7 @@ def _compile_static(gm: torch.fx.GraphModule, options: Options, device: torch.de
     """gm (static shapes) compiled by ds4c; None, with a warning, where ds4c cannot take it."""
     try:
         g = graph_from_fx(gm)
-        exe, opt, table = build_executable(g, {}, options, device)
+        exe, opt, table = build_executable(g, fx_constants(gm), options, device)
     except (Ds4cError, NotImplementedError) as e:
         log.warning("ds4c: running this graph on ATen as captured: %s", e)
         return None

@@ -55,10 +55,27 @@ def _convert(value, refs: dict[str, Ref]):
     return value
 
 
+def fx_constants(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """The tensors gm's get_attr nodes read (constants aot_autograd lifted onto the module), by the role
+    graph_from_fx gives their inputs: "const:<attribute>"."""
+    return {f"const:{n.target}": _attribute(gm, n) for n in gm.graph.nodes if n.op == "get_attr"}
+
+
+def _attribute(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    if not isinstance(value, torch.Tensor):
+        raise Ds4cError(f"node {node.name} reads {node.target}, a {type(value).__name__}, not a tensor")
+    return value
+
+
 def graph_from_fx(gm: fx.GraphModule, roles: dict[str, str] | None = None,
                   user_outputs: int | None = None, mutation_names: list[str] | None = None) -> Graph:
-    """Build the IR from an ATen FX graph. roles: placeholder name -> role (default "user"). The first
-    `user_outputs` outputs are graph outputs, the rest are the new values of `mutation_names` (in order)."""
+    """Build the IR from an ATen FX graph. roles: placeholder name -> role (default "user"); a tensor that
+    a get_attr node reads becomes an input of role "const:<attribute>" (`fx_constants` gives the values).
+    The first `user_outputs` outputs are graph outputs, the rest are the new values of `mutation_names`
+    (in order)."""
     roles = roles or {}
     g = Graph()
     g.graph.update(inputs=[], roles={}, outputs=[], mutations={}, stats={})
@@ -71,6 +88,11 @@ def graph_from_fx(gm: fx.GraphModule, roles: dict[str, str] | None = None,
             name = add_node(g, node.name, Op("input", outputs=(t,)), float(i))
             g.graph["inputs"].append(name)
             g.graph["roles"][name] = roles.get(node.name, "user")
+            refs[node.name] = Ref(name)
+        elif node.op == "get_attr":
+            name = add_node(g, node.name, Op("input", outputs=(_tensor_type(_attribute(gm, node)),)), float(i))
+            g.graph["inputs"].append(name)
+            g.graph["roles"][name] = f"const:{node.target}"
             refs[node.name] = Ref(name)
         elif node.op == "call_function" and node.target is operator.getitem:
             src, idx = node.args

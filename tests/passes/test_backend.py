@@ -129,3 +129,30 @@ def test_a_graph_returning_a_constant_is_refused_with_a_clear_error():
     gm = make_fx(lambda x: (x.sin(), 3))(torch.randn(2))
     with pytest.raises(Ds4cError, match="output is not a tensor"):
         graph_from_fx(gm)
+
+
+class _WithConstants(nn.Module):
+    """Tensors made in forward become constants of the module aot_autograd gives the backend (get_attr
+    nodes), as Hugging Face models make an empty KV cache and masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        empty = torch.tensor([], device=x.device)  # torch.cat skips a 1-D empty tensor
+        h = torch.cat([empty, self.fc(x)], 0)
+        return torch.tanh(h * torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0, 1.5], device=x.device) + 0.25)
+
+
+def test_tensor_constants_of_the_graph_become_inputs(device, caplog, ds4c_runs):
+    torch.manual_seed(random.randint(0, 2**31))
+    net = _WithConstants().to(device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="ds4c")
+    x = torch.randn(5, 6, device=device)
+    with caplog.at_level(logging.WARNING, logger="ds4c.backend"), torch.no_grad():
+        assert_close(compiled(x).cpu(), net(x).cpu())
+    assert "running this graph on ATen" not in caplog.text
+    assert len(ds4c_runs) == 1
+    torch._dynamo.reset()
