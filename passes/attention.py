@@ -17,19 +17,32 @@ from .match import scalar, see_through_views, sole_user, target_of, tokens_major
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
-# target -> (index of attn_mask/bias arg or None, index of is_causal arg, name of the scale kwarg)
-SDPA = {
-    "aten.scaled_dot_product_attention.default": (3, 5),
-    "aten._scaled_dot_product_flash_attention_for_cpu.default": (None, 4),
-    "aten._scaled_dot_product_flash_attention.default": (None, 4),
-    "aten._scaled_dot_product_efficient_attention.default": (3, 6),
-}
+# scaled_dot_product_attention and the backend-specific ops aot_autograd replaces it with; their arguments
+# are read by name from each op's schema (the mask is attn_mask or attn_bias, positional or keyword-only)
+SDPA = (
+    "aten.scaled_dot_product_attention.default",
+    "aten._scaled_dot_product_flash_attention_for_cpu.default",
+    "aten._scaled_dot_product_flash_attention.default",
+    "aten._scaled_dot_product_efficient_attention.default",
+    "aten._scaled_dot_product_cudnn_attention.default",
+)
 
 
-def _arg(op: Op, i: int | None, name: str, default=None):
-    if i is not None and len(op.args) > i:
-        return op.args[i]
-    return op.kw(name, default)
+def sdpa_arguments(op: Op) -> dict:
+    """The op's arguments by their schema names, defaults filled in (an op this torch lacks: {})."""
+    _, name, overload = op.target.split(".")
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None or overload not in packet.overloads():
+        return {}
+    out = {}
+    for i, a in enumerate(getattr(packet, overload)._schema.arguments):
+        if not a.kwarg_only and i < len(op.args):
+            out[a.name] = op.args[i]
+        elif a.name in dict(op.kwargs):
+            out[a.name] = op.kw(a.name)
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
 
 
 def match_prefix_mask(g: Graph, mask) -> tuple[Ref, int] | None:
@@ -77,20 +90,23 @@ def fuse_attention(g: Graph) -> Graph:
         op = op_of(g, name)
         if op.target not in SDPA:
             continue
-        mask_i, causal_i = SDPA[op.target]
-        q, k, v = op.args[:3]
+        a = sdpa_arguments(op)
+        if not a:
+            continue
+        q, k, v = a["query"], a["key"], a["value"]
         qt, kt, vt = (op_of(g, r.node).outputs[r.index] for r in (q, k, v))
-        mask = _arg(op, mask_i, "attn_mask" if mask_i == 3 else "attn_bias")
-        causal = bool(_arg(op, causal_i, "is_causal", False))
-        dropout = _arg(op, 4 if mask_i == 3 else 3, "dropout_p", 0.0)
-        if dropout not in (0.0, 0) or not check_attention_shapes(qt, kt, vt):
+        mask = a.get("attn_mask", a.get("attn_bias"))
+        causal = bool(a.get("is_causal", False))
+        if a.get("dropout_p", 0.0) not in (0.0, 0) or not check_attention_shapes(qt, kt, vt):
             continue
         if qt.shape[1] != kt.shape[1] and op.target == "aten.scaled_dot_product_attention.default" \
-                and not op.kw("enable_gqa", False):
+                and not a.get("enable_gqa", False):
             continue
-        scale = op.kw("scale") or 1.0 / math.sqrt(qt.shape[-1])
+        scale = a.get("scale") or 1.0 / math.sqrt(qt.shape[-1])
         out = (op.outputs[0],)
         b, hq, t, d = qt.shape
+        if causal and t != kt.shape[2]:
+            continue  # SDPA aligns a causal mask top-left; the kernels align it bottom-right (a KV cache)
         if mask is None:
             problem = {"B": b, "Hq": hq, "Hkv": kt.shape[1], "T": t, "S": kt.shape[2], "D": d,
                        "dtype": str(qt.dtype).removeprefix("torch."), "causal": causal, "scale": scale}

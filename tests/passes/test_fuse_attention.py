@@ -57,6 +57,37 @@ def test_backend_spelling_to_flash_attention(device):
     assert_close(outs[0].cpu(), fn(*args))
 
 
+def test_backend_spelling_with_a_mask_stays_aten(device):
+    """aot_autograd passes the mask keyword-only (CPU) or as attn_bias (CUDA): a sliding-window mask, as
+    Mistral's, is no causal or prefix mask, so the attention stays on ATen and keeps it."""
+    i = torch.arange(9)
+    window = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - 4)
+    mask = torch.zeros(9, 9).masked_fill(~window, float("-inf")).to(device)
+
+    def fn(q, k, v, m):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+    args = tuple(torch.randn(1, 2, 9, 32, device=device) for _ in range(3)) + (mask,)
+    g, _ = capture_aten(fn, args)
+    h = run(g, upto("fuse_attention"))
+    assert "flash_attention" not in kernels(h) and "fuse_attention.flash_attention" not in stats(h)
+    args = tuple(torch.randn(1, 2, 9, 32, device=device) for _ in range(3)) + (mask,)
+    assert_close(execute(h, {}, args, device)[0].cpu(), fn(*args).cpu())
+
+
+def test_causal_with_fewer_queries_than_keys_stays_aten(device):
+    """SDPA aligns a causal mask top-left (query i sees keys j <= i); the kernels align it bottom-right."""
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    shapes = ((1, 2, 3, 16), (1, 2, 7, 16), (1, 2, 7, 16))
+    g, _ = capture_aten(fn, tuple(torch.randn(s, device=device) for s in shapes))
+    h = run(g, upto("fuse_attention"))
+    assert "flash_attention" not in kernels(h)
+    args = tuple(torch.randn(s, device=device) for s in shapes)
+    assert_close(execute(h, {}, args, device)[0].cpu(), fn(*args).cpu())
+
+
 def _decode(m, q, k_cache, v_cache, pos):
     mask = (torch.arange(k_cache.shape[2]) <= pos).view(1, 1, 1, -1)
     return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=True)
