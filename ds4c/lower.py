@@ -1,7 +1,8 @@
 """Lowering: the optimised IR -> one GraphPlan of the runtime (steps, planned buffers), plus the kernels it
 launches. Last stage before the plan is saved; the tuning database is consulted through `choose`.
 
-Memory plan: every kernel output is a buffer; a view or in-place op aliases the buffer it reads. A
+Memory plan: every kernel output is a buffer; a view or in-place op (VIEW_OPS, or any op whose schema says
+its outputs alias an argument: split, unbind, narrow, detach, add_, ...) aliases the buffer it reads. A
 buffer's lifetime runs from the step that writes it to the last step that reads it or any alias of it.
 Buffers whose lifetimes do not overlap share bytes of one arena (first fit, 256-byte aligned). Buffers that
 escape (graph outputs) are allocated fresh per call instead.
@@ -9,6 +10,7 @@ escape (graph outputs) are allocated fresh per call instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,7 +100,8 @@ def lower(g: Graph, table: KernelTable, choose: Chooser) -> GraphPlan:
             continue
         outs = tuple(None if t is None else (name if i == 0 else f"{name}:{i}") for i, t in enumerate(op.outputs))
         if not op.is_kernel:
-            view = op.target in VIEW_OPS or op.target.split(".")[1].endswith("_")
+            at = 0 if op.target in VIEW_OPS else aliased_argument(op.target)
+            src = op.args[at] if at is not None and len(op.args) > at and isinstance(op.args[at], Ref) else None
             # Kernels write contiguous outputs where the ATen op they replaced may have had other
             # strides, so a view chosen for those strides becomes a reshape (still a view when it can be).
             target = _RESHAPE.get(op.target, op.target)
@@ -106,11 +109,27 @@ def lower(g: Graph, table: KernelTable, choose: Chooser) -> GraphPlan:
                                  {k: _arg(v) for k, v in op.kwargs}, outs))
             for o in outs:
                 if o is not None:
-                    src = op.args[0] if view and op.args and isinstance(op.args[0], Ref) else None
                     em.alias[o] = em.alias.get(_name(src), _name(src)) if src is not None else o
             continue
         _emit_kernel(em, name, op, table, choose)
     return _plan_memory(g, em)
+
+
+@functools.cache
+def aliased_argument(target: str) -> int | None:
+    """The position of the argument an ATen op's outputs alias, as its schema annotates them (Tensor(a)
+    in and out: a view, or an in-place op); None for an op that returns new tensors or is not ATen's."""
+    try:
+        ns, name, overload = target.split(".")
+        schema = getattr(getattr(getattr(torch.ops, ns), name), overload)._schema
+    except (ValueError, AttributeError, RuntimeError):
+        return None
+    if not any(r.alias_info is not None for r in schema.returns):
+        return None
+    # "Tensor(a) self -> Tensor(a)", or split's "Tensor(a -> *) self -> Tensor(a)[]", whose list element
+    # annotation the schema object does not show: the annotated positional argument
+    return next((i for i, a in enumerate(schema.arguments) if not a.kwarg_only and a.alias_info is not None),
+                None)
 
 
 def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Chooser) -> None:

@@ -156,3 +156,48 @@ def test_tensor_constants_of_the_graph_become_inputs(device, caplog, ds4c_runs):
     assert "running this graph on ATen" not in caplog.text
     assert len(ds4c_runs) == 1
     torch._dynamo.reset()
+
+
+class _SplitHalves(nn.Module):
+    """A kernel reads one half of a split while the other waits: the split's outputs alias the matmul's
+    buffer, which must stay live until the second half is read (GPT-NeoX's split q/k/v and partial rope)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(12, 32), nn.Linear(16, 16)
+
+    def forward(self, x):
+        a, b = self.fc(x).split(16, -1)
+        return self.fc2(torch.sigmoid(a) * 3.0) + b
+
+
+def test_a_split_keeps_its_buffer_alive(device, ds4c_runs):
+    torch.manual_seed(random.randint(0, 2**31))
+    net = _SplitHalves().to(device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="ds4c")
+    with torch.no_grad():
+        for _ in range(2):
+            x = torch.randn(37, 12, device=device)
+            assert_close(compiled(x).cpu(), net(x).cpu())
+    assert len(ds4c_runs) == 2
+    torch._dynamo.reset()
+
+
+def test_a_custom_op_sends_the_graph_to_aten_with_a_warning(device, caplog):
+    @torch.library.custom_op("ds4c_test::twice", mutates_args=())
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @twice.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    net = nn.Linear(8, 8).to(device).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: twice(net(x)), backend="ds4c")
+    x = torch.randn(3, 8, device=device)
+    with caplog.at_level(logging.WARNING, logger="ds4c.backend"), torch.no_grad():
+        assert_close(compiled(x).cpu(), (net(x) * 2).cpu())
+    assert "ds4c_test.twice.default, which is not an ATen op" in caplog.text
+    torch._dynamo.reset()
