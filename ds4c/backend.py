@@ -18,6 +18,7 @@ import torch
 from .capture import fx_constants, graph_from_fx
 from .compiler import Options, build_executable, report
 from .errors import Ds4cError
+from .runtime.plan import PlanError
 
 log = logging.getLogger("ds4c.backend")
 
@@ -50,7 +51,7 @@ def _compile_static(gm: torch.fx.GraphModule, options: Options, device: torch.de
     try:
         g = graph_from_fx(gm)
         exe, opt, table = build_executable(g, fx_constants(gm), options, device)
-    except (Ds4cError, NotImplementedError) as e:
+    except (Ds4cError, PlanError, NotImplementedError) as e:
         log.warning("ds4c: running this graph on ATen as captured: %s", e)
         return None
     rep = report({"graph": opt}, table)["graph"]

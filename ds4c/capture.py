@@ -99,8 +99,9 @@ def graph_from_fx(gm: fx.GraphModule, roles: dict[str, str] | None = None,
             refs[node.name] = Ref(refs[src.name].node, idx)
         elif node.op == "call_function":
             target = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else None
-            if target is None:
-                raise Ds4cError(f"node {node.name} calls {node.target}, which is not an ATen op")
+            if target is None or not target.startswith("aten."):
+                raise Ds4cError(f"node {node.name} calls {target or node.target}, which is not an ATen op "
+                                "(a plan calls kernels and ATen ops only)")
             if target in _IGNORED:
                 continue
             op = Op(target, args=_convert(tuple(node.args), refs),
