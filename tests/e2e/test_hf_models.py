@@ -1,0 +1,74 @@
+"""torch.compile(model, backend="ds4c") on Hugging Face transformers models (tiny random configs): the
+logits equal eager's, and ds4c's kernels ran. These are the graphs users bring: lifted tensor constants
+(an empty KV cache), masked attention (Mistral's sliding window), q/k/v split from one projection and a
+partial rotary embedding (GPT-NeoX), the tanh GELU's x ** 3 (GPT-2), and a custom op (Mixtral), whose
+graph runs on ATen with a warning."""
+
+import logging
+import random
+
+import pytest
+import torch
+
+from ds4c.precision import assert_close
+from ds4c.runtime.executor import Executable
+
+T = pytest.importorskip("transformers")
+V = 320
+ATTN = dict(num_hidden_layers=2, num_attention_heads=4)
+
+MODELS = {
+    "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                      num_key_value_heads=2, **ATTN)),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                      num_key_value_heads=2, **ATTN)),
+    "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                            num_key_value_heads=2, sliding_window=5, **ATTN)),
+    "phi3": lambda: T.Phi3ForCausalLM(T.Phi3Config(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                   pad_token_id=0, **ATTN)),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, bos_token_id=1,
+                                                   eos_token_id=2)),
+    "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                             **ATTN)),
+    "bert": lambda: T.BertModel(T.BertConfig(vocab_size=V, hidden_size=64, intermediate_size=96, **ATTN)),
+    "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                            num_key_value_heads=2, num_local_experts=4,
+                                                            num_experts_per_tok=2, **ATTN)),
+}
+ON_ATEN = {"mixtral"}  # transformers' grouped_mm_fallback custom op: the graph runs as captured
+
+
+@pytest.fixture
+def ds4c_runs(monkeypatch):
+    calls = []
+    real = Executable.__call__
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Executable, "__call__", counted)
+    return calls
+
+
+def _first(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_hugging_face_model_through_the_backend(name, device, caplog, ds4c_runs):
+    torch.manual_seed(random.randint(0, 2**31))
+    model = MODELS[name]().to(device).eval()
+    ids = torch.randint(3, V, (2, 11), device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ds4c")
+    with caplog.at_level(logging.WARNING, logger="ds4c.backend"), torch.no_grad():
+        ref = _first(model(input_ids=ids))
+        out = _first(compiled(input_ids=ids))
+    assert_close(out.float().cpu(), ref.float().cpu(), torch.float32, what=name)
+    if name in ON_ATEN:
+        assert "which is not an ATen op" in caplog.text
+    else:
+        assert "running this graph on ATen" not in caplog.text
+        assert ds4c_runs
+    torch._dynamo.reset()
