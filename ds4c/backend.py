@@ -47,10 +47,13 @@ def compile_aten(gm: torch.fx.GraphModule, example_inputs, options: Options | No
 
 
 def _compile_static(gm: torch.fx.GraphModule, options: Options, device: torch.device) -> Callable | None:
-    """gm (static shapes) compiled by ds4c; None, with a warning, where ds4c cannot take it."""
+    """gm (static shapes) compiled by ds4c; None, with a warning, where ds4c cannot take it. Outputs that
+    are constants (the sizes and Nones a training forward returns beside its tensors) are returned by the
+    callable in their places, not computed."""
+    body, constants = _without_constant_outputs(gm)
     try:
-        g = graph_from_fx(gm)
-        exe, opt, table = build_executable(g, fx_constants(gm), options, device)
+        g = graph_from_fx(body)
+        exe, opt, table = build_executable(g, fx_constants(body), options, device)
     except (Ds4cError, PlanError, NotImplementedError) as e:
         log.warning("ds4c: running this graph on ATen as captured: %s", e)
         return None
@@ -61,10 +64,27 @@ def _compile_static(gm: torch.fx.GraphModule, options: Options, device: torch.de
                     "; ".join(f"{t} x{f['count']} ({f['why']})" for t, f in fallbacks.items()))
 
     def run(*args):
-        return exe(*args)
+        outs = exe(*args)
+        for i in sorted(constants):
+            outs.insert(i, constants[i])
+        return outs
 
     run.ds4c_report = rep
     return run
+
+
+def _without_constant_outputs(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[int, object]]:
+    """gm, or a copy of it whose output lists only the values its nodes compute, with the constant outputs
+    by position."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out.args[0]
+    if not isinstance(outs, (list, tuple)) or all(isinstance(o, torch.fx.Node) for o in outs):
+        return gm, {}
+    graph = torch.fx.Graph()
+    env: dict = {}
+    graph.graph_copy(gm.graph, env)
+    graph.output(type(outs)(env[o] for o in outs if isinstance(o, torch.fx.Node)))
+    return torch.fx.GraphModule(gm, graph), {i: o for i, o in enumerate(outs) if not isinstance(o, torch.fx.Node)}
 
 
 def _is_symbolic(gm: torch.fx.GraphModule) -> bool:
@@ -119,21 +139,20 @@ class PerShape:
         log.info("ds4c: compiling the graph for input shapes %s (%d of at most %d)", shapes,
                  len(self.compiled) + 1, MAX_SPECIALIZATIONS)
         try:
-            static, constants = _trace_static(self.gm, args)
+            static = _trace_static(self.gm, args)
         except Exception as e:  # a graph make_fx cannot trace again: ATen as captured, never a failed call
             log.warning("ds4c: running this graph on ATen as captured: tracing it at %s failed: %s", shapes, e)
             fn = self.gm.forward
         else:
             run = _compile_static(static, self.options, _device_of(args))
-            fn = self.gm.forward if run is None else _tensors_only(run, constants)
+            fn = self.gm.forward if run is None else _tensors_only(run)
         self.compiled[key] = fn
         return fn
 
 
-def _trace_static(gm: torch.fx.GraphModule, args: tuple) -> tuple[torch.fx.GraphModule, dict[int, object]]:
-    """gm traced again at the concrete values of args: its placeholders are the tensor inputs only. Outputs
-    that became constants (the sizes a forward graph saves for its backward) leave the graph: they are
-    returned by position."""
+def _trace_static(gm: torch.fx.GraphModule, args: tuple) -> torch.fx.GraphModule:
+    """gm traced again at the concrete values of args: its placeholders are the tensor inputs only (the
+    sizes a forward returns for its backward become constant outputs)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     tensor_at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -144,27 +163,14 @@ def _trace_static(gm: torch.fx.GraphModule, args: tuple) -> tuple[torch.fx.Graph
             full[i] = t
         return gm(*full)
 
-    static = make_fx(at_these_sizes, tracing_mode="fake")(*(args[i] for i in tensor_at))
-    out = next(n for n in static.graph.nodes if n.op == "output")
-    outs = out.args[0]
-    if not isinstance(outs, (list, tuple)):
-        return static, {}
-    constants = {i: o for i, o in enumerate(outs) if not isinstance(o, torch.fx.Node)}
-    if constants:
-        out.args = (type(outs)(o for o in outs if isinstance(o, torch.fx.Node)),)
-        static.recompile()
-    return static, constants
+    return make_fx(at_these_sizes, tracing_mode="fake")(*(args[i] for i in tensor_at))
 
 
-def _tensors_only(run: Callable, constants: dict[int, object]) -> Callable:
-    """run (a static graph's callable) called with the tensor arguments only; its outputs with the
-    constant ones put back in their places."""
+def _tensors_only(run: Callable) -> Callable:
+    """run (a static graph's callable) called with the tensor arguments only."""
 
     def call(*args):
-        outs = list(run(*(a for a in args if isinstance(a, torch.Tensor))))
-        for i in sorted(constants):
-            outs.insert(i, constants[i])
-        return outs
+        return run(*(a for a in args if isinstance(a, torch.Tensor)))
 
     call.ds4c_report = run.ds4c_report
     return call

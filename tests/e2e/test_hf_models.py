@@ -72,3 +72,24 @@ def test_hugging_face_model_through_the_backend(name, device, caplog, ds4c_runs)
         assert "running this graph on ATen" not in caplog.text
         assert ds4c_runs
     torch._dynamo.reset()
+
+
+def test_gpt2_training_step_gives_eager_gradients(device, caplog, ds4c_runs):
+    """A training forward returns constants beside its tensors (what its backward needs): the compiled
+    forward returns them in their places, and the backward graph is compiled too."""
+    caplog.set_level(logging.WARNING, logger="ds4c.backend")
+    torch.manual_seed(random.randint(0, 2**31))
+    model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4, attn_pdrop=0.0,
+                                           resid_pdrop=0.0, embd_pdrop=0.0)).to(device).double().train()
+    ids = torch.randint(3, V, (2, 11), device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ds4c")
+    compiled(input_ids=ids, labels=ids).loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for g, p in zip(got, model.parameters(), strict=True):
+        assert_close(g.cpu(), p.grad.cpu())
+    assert "running this graph on ATen" not in caplog.text
+    assert len(ds4c_runs) >= 2  # forwards and backwards (one per graph dynamo makes)
+    torch._dynamo.reset()
