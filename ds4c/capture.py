@@ -99,9 +99,12 @@ def graph_from_fx(gm: fx.GraphModule, roles: dict[str, str] | None = None,
             refs[node.name] = Ref(refs[src.name].node, idx)
         elif node.op == "call_function":
             target = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else None
-            if target is None or not target.startswith("aten."):
-                raise Ds4cError(f"node {node.name} calls {target or node.target}, which is not an ATen op "
-                                "(a plan calls kernels and ATen ops only)")
+            if target is None:
+                raise Ds4cError(f"node {node.name} calls {node.target}, which is no torch operator (a higher-order "
+                                "op, as a custom op that writes its arguments becomes, or a Python function)")
+            if any(a.alias_info is not None and a.alias_info.is_write for a in node.target._schema.arguments) \
+                    and not target.startswith("aten."):
+                raise Ds4cError(f"node {node.name} calls {target}, a custom op that writes its arguments")
             if target in _IGNORED:
                 continue
             op = Op(target, args=_convert(tuple(node.args), refs),

@@ -1,4 +1,5 @@
-"""Execute one graph of a plan: kernel launches and ATen calls, in order, over planned buffers.
+"""Execute one graph of a plan: kernel launches and ATen calls (or calls of other registered torch ops,
+such as a library's custom op that a torch.compile graph holds), in order, over planned buffers.
 
 Kernel outputs live in one arena per graph, at offsets the memory planner chose (lifetimes that do not
 overlap share bytes); graph outputs are allocated fresh each call. A kernel module that says RETURNS_OUTPUT
@@ -17,18 +18,23 @@ import torch
 
 from .plan import GraphPlan, Kernel, PlanError, Step
 
-_ATEN_NAME = re.compile(r"^aten\.[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+_OP_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def resolve_aten(target: str) -> Callable:
-    """torch.ops.aten.<op>.<overload> for a target string; nothing outside the aten namespace."""
-    if not _ATEN_NAME.match(target):
-        raise PlanError(f"step calls {target!r}, which is not an ATen op")
-    _, op, overload = target.split(".")
+def resolve_op(target: str) -> Callable:
+    """torch.ops.<namespace>.<op>.<overload> for a target string: an operator registered with torch (ATen's,
+    or a library's custom op once that library is imported), never any other Python object."""
+    if not _OP_NAME.match(target):
+        raise PlanError(f"step calls {target!r}, which is not a torch operator name")
+    ns, op, overload = target.split(".")
     try:
-        return getattr(getattr(torch.ops.aten, op), overload)
-    except AttributeError as e:
-        raise PlanError(f"this torch has no ATen op {target}") from e
+        fn = getattr(getattr(getattr(torch.ops, ns), op), overload)
+    except (AttributeError, RuntimeError) as e:
+        where = "this torch has" if ns == "aten" else f"no library imported here registers {ns!r}: this process has"
+        raise PlanError(f"{where} no op {target}") from e
+    if not isinstance(fn, torch._ops.OpOverload):
+        raise PlanError(f"step calls {target!r}, which is not a torch operator")
+    return fn
 
 
 def _as_words(x: torch.Tensor) -> torch.Tensor | None:
@@ -158,7 +164,7 @@ class Executable:
             return run
         if s.kind != "aten":
             raise PlanError(f"unknown step kind {s.kind!r}")
-        fn = _FASTER.get(s.fn) or resolve_aten(s.fn)
+        fn = _FASTER.get(s.fn) or resolve_op(s.fn)
 
         def run(env: dict) -> None:
             r = fn(*(a(env) for a in args), **{k: d(env) for k, d in kwargs.items()})

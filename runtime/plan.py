@@ -32,8 +32,9 @@ class PlanError(Exception):
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "kernel" (launch a generated module) or "aten" (call torch.ops.aten.*)
-    fn: str  # kernel id or ATen target "aten.<op>.<overload>"
+    kind: str  # "kernel" (launch a generated module) or "aten" (call a torch operator: torch.ops.aten.*, or a
+    # library's custom op in a torch.compile graph)
+    fn: str  # kernel id or operator target "<namespace>.<op>.<overload>" ("aten.mm.default")
     args: tuple  # encoded arguments (see encode)
     kwargs: dict
     outputs: tuple  # env names of the outputs (None for an output nothing reads)

@@ -188,7 +188,7 @@ def test_a_split_keeps_its_buffer_alive(device, ds4c_runs):
     torch._dynamo.reset()
 
 
-def test_a_custom_op_sends_the_graph_to_aten_with_a_warning(device, caplog):
+def test_a_custom_op_runs_as_a_step_between_kernels(device, caplog, ds4c_runs):
     @torch.library.custom_op("ds4c_test::twice", mutates_args=())
     def twice(x: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -199,9 +199,28 @@ def test_a_custom_op_sends_the_graph_to_aten_with_a_warning(device, caplog):
 
     net = nn.Linear(8, 8).to(device).eval()
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: twice(net(x)), backend="ds4c")
+    compiled = torch.compile(lambda x: torch.tanh(twice(net(x))), backend="ds4c")
     x = torch.randn(3, 8, device=device)
     with caplog.at_level(logging.WARNING, logger="ds4c.backend"), torch.no_grad():
-        assert_close(compiled(x).cpu(), (net(x) * 2).cpu())
-    assert "ds4c_test.twice.default, which is not an ATen op" in caplog.text
+        assert_close(compiled(x).cpu(), torch.tanh(net(x) * 2).cpu())
+    assert "running this graph on ATen" not in caplog.text and len(ds4c_runs) == 1
+    torch._dynamo.reset()
+
+
+def test_a_custom_op_that_writes_its_argument_sends_the_graph_to_aten(device, caplog, ds4c_runs):
+    @torch.library.custom_op("ds4c_test::double_", mutates_args=("x",))
+    def double_(x: torch.Tensor) -> None:
+        x.mul_(2)
+
+    def fn(x):
+        y = x + 1
+        double_(y)
+        return y * 3
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="ds4c")
+    x = torch.randn(3, 8, device=device)
+    with caplog.at_level(logging.WARNING, logger="ds4c.backend"), torch.no_grad():
+        assert_close(compiled(x).cpu(), ((x + 1) * 6).cpu())
+    assert "running this graph on ATen" in caplog.text and not ds4c_runs
     torch._dynamo.reset()
