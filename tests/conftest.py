@@ -22,3 +22,19 @@ def device():
     from ds4c.device import default_device
 
     return default_device()
+
+
+@pytest.fixture
+def ds4c_runs(monkeypatch):
+    """One entry per run of a ds4c Executable (a graph left on ATen as captured adds none)."""
+    from ds4c.runtime.executor import Executable
+
+    calls = []
+    real = Executable.__call__
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Executable, "__call__", counted)
+    return calls

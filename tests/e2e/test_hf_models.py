@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ds4c.precision import assert_close
-from ds4c.runtime.executor import Executable
 
 T = pytest.importorskip("transformers")
 V = 320
@@ -35,19 +34,6 @@ MODELS = {
                                                             num_key_value_heads=2, num_local_experts=4,
                                                             num_experts_per_tok=2, **ATTN)),
 }
-
-
-@pytest.fixture
-def ds4c_runs(monkeypatch):
-    calls = []
-    real = Executable.__call__
-
-    def counted(self, *a, **k):
-        calls.append(1)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Executable, "__call__", counted)
-    return calls
 
 
 def _first(out) -> torch.Tensor:

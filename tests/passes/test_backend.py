@@ -13,7 +13,6 @@ from ds4c import backend
 from ds4c.capture import graph_from_fx
 from ds4c.errors import Ds4cError
 from ds4c.precision import assert_close
-from ds4c.runtime.executor import Executable
 
 
 class ConvNet(nn.Module):
@@ -54,20 +53,6 @@ class _Mlp(nn.Module):
 
     def forward(self, x):
         return self.down(torch.nn.functional.gelu(self.up(x)) * 2.0).reshape(x.shape[0], -1)
-
-
-@pytest.fixture
-def ds4c_runs(monkeypatch):
-    """The number of times a ds4c Executable ran (a graph on ATen as captured does not count)."""
-    calls = []
-    real = Executable.__call__
-
-    def counted(self, *a, **k):
-        calls.append(1)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Executable, "__call__", counted)
-    return calls
 
 
 def test_symbolic_sizes_compile_once_per_signature(device, caplog, ds4c_runs):
