@@ -10,7 +10,6 @@ escape (graph outputs) are allocated fresh per call instead.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ds4c.kernel_templates.base import problem_key
-from ds4c.passes.match import VIEW_OPS
+from ds4c.passes.match import VIEW_OPS, aliased_argument
 from ds4c.runtime.plan import Buffer, GraphPlan, Kernel, Step, TensorArg
 
 from .codegen import TRITON, Target
@@ -113,23 +112,6 @@ def lower(g: Graph, table: KernelTable, choose: Chooser) -> GraphPlan:
             continue
         _emit_kernel(em, name, op, table, choose)
     return _plan_memory(g, em)
-
-
-@functools.cache
-def aliased_argument(target: str) -> int | None:
-    """The position of the argument an ATen op's outputs alias, as its schema annotates them (Tensor(a)
-    in and out: a view, or an in-place op); None for an op that returns new tensors or is not ATen's."""
-    try:
-        ns, name, overload = target.split(".")
-        schema = getattr(getattr(getattr(torch.ops, ns), name), overload)._schema
-    except (ValueError, AttributeError, RuntimeError):
-        return None
-    if not any(r.alias_info is not None for r in schema.returns):
-        return None
-    # "Tensor(a) self -> Tensor(a)", or split's "Tensor(a -> *) self -> Tensor(a)[]", whose list element
-    # annotation the schema object does not show: the annotated positional argument
-    return next((i for i, a in enumerate(schema.arguments) if not a.kwarg_only and a.alias_info is not None),
-                None)
 
 
 def _emit_kernel(em: _Emitter, name: str, op, table: KernelTable, choose: Chooser) -> None:

@@ -13,7 +13,7 @@ import torch
 from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, op_of, ordered, replace_uses, set_op
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import scalar, see_through_views, sole_user, target_of, tokens_major
+from .match import op_schema, scalar, see_through_views, sole_user, target_of, tokens_major
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -30,16 +30,15 @@ SDPA = (
 
 def sdpa_arguments(op: Op) -> dict:
     """The op's arguments by their schema names, defaults filled in (an op this torch lacks: {})."""
-    _, name, overload = op.target.split(".")
-    packet = getattr(torch.ops.aten, name, None)
-    if packet is None or overload not in packet.overloads():
+    schema = op_schema(op.target)
+    if schema is None:
         return {}
-    out = {}
-    for i, a in enumerate(getattr(packet, overload)._schema.arguments):
+    kwargs, out = dict(op.kwargs), {}
+    for i, a in enumerate(schema.arguments):
         if not a.kwarg_only and i < len(op.args):
             out[a.name] = op.args[i]
-        elif a.name in dict(op.kwargs):
-            out[a.name] = op.kw(a.name)
+        elif a.name in kwargs:
+            out[a.name] = kwargs[a.name]
         elif a.has_default_value():
             out[a.name] = a.default_value
     return out

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from ds4c.ir import Graph, Op, Ref, TensorType, is_live_out, op_of, out_type, users
 
 VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
             "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
             "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.t.default",
             "aten.alias.default", "aten.select.int"}
+
+
+@functools.cache
+def op_schema(target: str) -> torch.FunctionSchema | None:
+    """The schema of the torch operator "<namespace>.<op>.<overload>"; None for a name no registered
+    operator has (a kernel, an op this torch lacks)."""
+    try:
+        ns, name, overload = target.split(".")
+        return getattr(getattr(getattr(torch.ops, ns), name), overload)._schema
+    except (ValueError, AttributeError, RuntimeError):
+        return None
+
+
+def aliased_argument(target: str) -> int | None:
+    """The position of the argument an op's outputs alias, as its schema annotates them (Tensor(a) in and
+    out: a view, or an in-place op); None for an op that returns new tensors or has no schema."""
+    schema = op_schema(target)
+    if schema is None or not any(r.alias_info is not None for r in schema.returns):
+        return None
+    # "Tensor(a) self -> Tensor(a)", or split's "Tensor(a -> *) self -> Tensor(a)[]", whose list element
+    # annotation the schema object does not show: the annotated positional argument
+    return next((i for i, a in enumerate(schema.arguments) if not a.kwarg_only and a.alias_info is not None),
+                None)
 
 
 def tokens_major(t: TensorType) -> TensorType:
