@@ -82,7 +82,8 @@ class Template:
     alternatives: Callable[[Problem, GpuInfo], list[Config]] | None = None
     # the problem keys that count tokens or cache positions: what varies between calls of one kernel in a
     # model or between models compiled for other lengths (batch*sequence rows, a cache's capacity). A tuning
-    # lookup may borrow a config tuned for other values of them; the first one measures the distance.
+    # lookup may borrow a config tuned for other values of them; the first one measures the distance. A name
+    # may index a list-valued key: "shape[0]" is the leading dimension of the problem's "shape".
     token_dims: tuple[str, ...] = ()
 
     def source(self, problem: Problem) -> str:

@@ -167,5 +167,5 @@ def cost(problem: Problem) -> tuple[float, float]:
 TEMPLATE = Template(
     name="pointwise", file="pointwise.py.j2", space=SPACE, holes=_holes, valid=valid, default=default,
     make_inputs=make_inputs, reference=reference, launch_kwargs=launch_kwargs, cost=cost,
-    token_dims=("rows",),
+    token_dims=("shape[0]",),
 )

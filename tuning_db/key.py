@@ -83,12 +83,37 @@ def tuning_key(template: Template, problem: Problem, gpu: GpuInfo) -> str:
     return key_fields(template, problem, gpu).key
 
 
+def _split_dim(dim: str) -> tuple[str, int | None]:
+    """'rows' -> ('rows', None); 'shape[0]' -> ('shape', 0): a token dimension is a key or an index into a
+    list-valued key."""
+    if dim.endswith("]") and "[" in dim:
+        key, index = dim[:-1].split("[", 1)
+        return key, int(index)
+    return dim, None
+
+
+def token_value(problem: Problem, dim: str):
+    """The value of one token dimension of problem (None where the problem lacks it)."""
+    key, index = _split_dim(dim)
+    v = problem.get(key)
+    if index is None:
+        return v
+    return v[index] if isinstance(v, (list, tuple)) and -len(v) <= index < len(v) else None
+
+
 def without_token_dim(template: Template, problem: Problem) -> dict:
     """The problem without the template's token dimensions (what must match for a nearest-neighbour lookup)."""
-    return {k: v for k, v in problem.items() if k not in template.token_dims}
+    out = dict(problem)
+    for dim in template.token_dims:
+        key, index = _split_dim(dim)
+        if index is None:
+            out.pop(key, None)
+        elif isinstance(out.get(key), (list, tuple)) and -len(out[key]) <= index < len(out[key]):
+            out[key] = [None if i == index % len(out[key]) else x for i, x in enumerate(out[key])]
+    return out
 
 
 def token_count(template: Template, problem: Problem) -> int | None:
     """The problem's value of the template's first token dimension; None when it has none."""
-    v = problem.get(template.token_dims[0]) if template.token_dims else None
+    v = token_value(problem, template.token_dims[0]) if template.token_dims else None
     return v if type(v) is int and v > 0 else None

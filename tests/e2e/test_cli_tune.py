@@ -2,6 +2,7 @@
 
 from ds4c import kernel_templates
 from ds4c.cli import _problems_from
+from ds4c.tuning_db.key import token_value
 
 
 def _weights(precision: str) -> set:
@@ -28,4 +29,4 @@ def test_every_emitted_template_names_token_dims_its_problems_have():
         dims = kernel_templates.get(name).token_dims
         assert dims, f"{name} has no token dimension"
         for p in problems:
-            assert all(type(p.get(d)) is int for d in dims), (name, dims, p)
+            assert all(type(token_value(p, d)) is int for d in dims), (name, dims, p)

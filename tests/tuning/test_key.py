@@ -67,3 +67,18 @@ def test_fields_round_trip_and_gpu_and_template_text_matter():
 def test_key_is_not_python_hash():
     f = key_fields(VECADD, {"n": random.randint(1, 100), "dtype": "float32"}, INTERPRETER)
     assert f.key == KeyFields.from_json(f.to_json()).key  # recomputed from data alone
+
+
+def test_a_token_dimension_may_index_a_list_valued_key():
+    """Pointwise problems carry their rows as shape[0]: a lookup borrows across it, and only across it."""
+    from ds4c.kernel_templates import get
+    from ds4c.tuning_db.key import token_count, without_token_dim
+
+    pw = get("pointwise")
+    p = {"shape": [64, 16], "dtype": "bfloat16", "inputs": [{"dtype": "float32", "strides": [16, 1]}],
+         "expr": ["cast", "x0", "bfloat16"]}
+    assert token_count(pw, p) == 64
+    rest = without_token_dim(pw, p)
+    assert rest == without_token_dim(pw, {**p, "shape": [7, 16]}) != without_token_dim(pw, {**p, "shape": [64, 8]})
+    assert p["shape"] == [64, 16]  # the problem itself is left alone
+    assert token_count(pw, {**p, "shape": []}) is None
