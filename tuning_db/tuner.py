@@ -228,6 +228,14 @@ def _propose(study: optuna.Study, template: Template, problem: Problem, gpu: Gpu
     return None
 
 
+def _room(study: optuna.Study, settings: TuneSettings) -> int:
+    """Trials the budget still allows. Counted finished trials and trials in flight anywhere (this process's
+    batches, other workers') count against it. Read afresh before each proposal of a batch, so that workers
+    proposing batches at once overshoot the budget by at most one trial each."""
+    counted = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if t.user_attrs.get("counted"))
+    return settings.trials - counted - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def _compile_workers(settings: TuneSettings) -> int:
     if settings.compile_workers is not None:
         return settings.compile_workers
@@ -271,13 +279,13 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
         while valid:
             state = study_state(study)
             stop = _stop_reason(state, settings, len(valid), t0, attempts)
-            # trials in flight anywhere (this process's pending batch, other workers') count against the budget
-            room = settings.trials - state.measured - len(study.get_trials(deepcopy=False,
-                                                                           states=(TrialState.RUNNING,)))
+            room = _room(study, settings)
             batch = []
             if not stop and room > 0:
                 in_flight = {canonical_json(c) for _, c, _ in pending}
-                for _ in range(min(max(1, nproc), room)):
+                for i in range(max(1, nproc)):
+                    if i and _room(study, settings) <= 0:  # read again: other workers propose meanwhile
+                        break
                     attempts += 1
                     proposed = _propose(study, template, problem, gpu, settings, valid, state, in_flight)
                     if proposed is not None:

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from vecadd_template import VECADD, resolve
 
-from ds4c.device import INTERPRETER
+from ds4c.device import INTERPRETER, default_device
 from ds4c.errors import Ds4cError
 from ds4c.tuning_db import key as keymod
 from ds4c.tuning_db.db import STUDY_PREFIX, TuningDB, default_url
@@ -21,6 +21,7 @@ from ds4c.tuning_db.portable import distributions, export_entries, import_entrie
 from ds4c.tuning_db.tuner import TuneSettings, study_state, tune, valid_configs
 from ds4c.tuning_db.workers import tune_problems
 
+IN_FLIGHT = "a duplicate of a config being measured"
 P = {"n": 300, "dtype": "float32"}  # 300 is no multiple of any BLOCK: TAIL=0 leaves elements unwritten
 
 
@@ -43,7 +44,9 @@ def test_tune_records_failures_and_best_is_min_over_complete(db_url):
         broken = cfg["BLOCK"] == 48 or cfg["TAIL"] == 0
         assert (t.state == TrialState.FAIL) == broken, (cfg, t.user_attrs.get("reason"))
         if broken:
-            assert t.user_attrs["reason"].startswith("launch:" if cfg["BLOCK"] == 48 else "wrong:")
+            # a BLOCK that is no power of 2 fails to build: at launch under the interpreter, in the
+            # compile processes on a GPU
+            assert t.user_attrs["reason"].startswith(("launch:", "compile:") if cfg["BLOCK"] == 48 else "wrong:")
     assert r.best_config["BLOCK"] != 48 and r.best_config["TAIL"] == 1
 
 
@@ -64,7 +67,9 @@ def test_other_implementations_follow_the_default(db_url):
     from ds4c.kernel_templates import get
 
     flash = get("flash_attention")
-    problem = {"B": 1, "Hq": 2, "Hkv": 1, "T": 16, "S": 16, "D": 16, "dtype": "float32", "causal": True,
+    # on a GPU the vendor libraries (cuDNN, FlashAttention) take bf16 only; the CPU's math backend any dtype
+    dtype = "bfloat16" if default_device().type == "cuda" else "float32"
+    problem = {"B": 1, "Hq": 2, "Hkv": 1, "T": 16, "S": 16, "D": 16, "dtype": dtype, "causal": True,
                "scale": 0.25}
     db = TuningDB(db_url)
     r = tune(flash, problem, db, INTERPRETER, TuneSettings(trials=3, sampler="random", seed=5))
@@ -122,7 +127,8 @@ def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_inva
     counted = [t.user_attrs["config"] for t in _finished(db) if t.user_attrs["counted"]]
     assert sorted(map(str, counted)) == sorted(map(str, valid))
     key = key_fields(VECADD, P, INTERPRETER).key
-    assert not db.trials(key, (TrialState.PRUNED,))  # the grid walks the valid configs only
+    # the grid walks the valid configs only; in batches (compile processes) it may repeat one in flight
+    assert all(t.user_attrs["reason"] == IN_FLIGHT for t in db.trials(key, (TrialState.PRUNED,)))
 
 
 def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
@@ -135,8 +141,10 @@ def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
     tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=12, sampler="random", seed=5))
     key = key_fields(VECADD, P, INTERPRETER).key
     pruned = db.trials(key, (TrialState.PRUNED,))
-    assert pruned and all(not VECADD.valid(t.user_attrs["config"], P, INTERPRETER) for t in pruned)
-    assert all(t.user_attrs["reason"].startswith("invalid") for t in pruned)
+    invalid = [t for t in pruned if t.user_attrs["reason"].startswith("invalid")]
+    assert invalid and all(not VECADD.valid(t.user_attrs["config"], P, INTERPRETER) for t in invalid)
+    # the rest (proposed in batches, where compile processes run) repeat a config being measured
+    assert all(t.user_attrs["reason"] == IN_FLIGHT for t in pruned if t not in invalid)
     assert len(seen) == 12 and all(VECADD.valid(c, P, INTERPRETER) for c in seen)
 
 
@@ -152,7 +160,9 @@ def test_a_stuck_sampler_still_measures_every_valid_config(db_url, monkeypatch):
         stuck, optuna.samplers.RandomSampler(seed=0)))
     wanted = [c for c in valid_configs(VECADD, P, INTERPRETER) if c["BLOCK"] == 64]
     sparse = dataclasses.replace(VECADD, valid=lambda c, p, g: c in wanted)
-    r = tune(sparse, P, TuningDB(db_url), INTERPRETER, TuneSettings(trials=50, sampler="tpe", seed=3),
+    # compile_workers=0: the test's template (a lambda) cannot travel to compile processes (CUDA's default)
+    r = tune(sparse, P, TuningDB(db_url), INTERPRETER,
+             TuneSettings(trials=50, sampler="tpe", seed=3, compile_workers=0),
              measure_fn=lambda t, p, c, g, **kw: Measurement(True, 1.0 + c["num_warps"] + c["TAIL"]))
     assert r.stop == "exhausted" and r.measured == len(wanted)
 
@@ -163,6 +173,26 @@ def test_patience_stops_early(db_url):
     st = study_state(optuna.load_study(study_name=STUDY_PREFIX + r.key, storage=db.storage))
     assert r.stop in ("patience", "exhausted") and st.since_best >= 2 or r.stop == "exhausted"
     assert r.measured < len(valid_configs(VECADD, P, INTERPRETER))
+
+
+def test_a_batch_stops_where_other_workers_filled_the_budget(db_url, monkeypatch):
+    """A worker with compile processes proposes a batch at a time, and reads the budget again before each
+    proposal: trials that other workers start meanwhile count against it. (Read once per batch, four workers
+    with eight compile processes each once ran 27 trials for a budget of 12.)"""
+    from ds4c.tuning_db import tuner
+
+    real, others = tuner._propose, []
+
+    def propose(study, *a, **kw):
+        if not others:  # another worker starts three trials while this one proposes its first batch
+            others.extend(study.ask() for _ in range(3))
+        return real(study, *a, **kw)
+
+    monkeypatch.setattr(tuner, "_propose", propose)
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=4, sampler="random", seed=2, compile_workers=3))
+    assert len(others) == 3 and r.measured == 1
+    assert len(db.trials(r.key, (TrialState.RUNNING,))) == 3  # the other worker's, still in flight
 
 
 def test_four_workers_share_one_key_without_lost_or_duplicated_trials(db_url):
