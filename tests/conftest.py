@@ -1,6 +1,7 @@
 """Test setup: without a CUDA GPU, Triton kernels run under the interpreter on CPU tensors.
 
-Every test gets its own ds4c cache directory, so no test reads another's kernels or tuning results.
+Every test gets its own ds4c cache directory, so no test reads another's kernels or tuning results, and none
+sees the $DS4C_DB of the shell that runs it.
 """
 
 import os
@@ -15,6 +16,7 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DS4C_CACHE_DIR", str(tmp_path_factory.mktemp("ds4c-cache")))
+    monkeypatch.delenv("DS4C_DB", raising=False)  # a user's shared tuning database stays out of the tests
 
 
 @pytest.fixture

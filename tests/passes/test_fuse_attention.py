@@ -163,8 +163,10 @@ def test_vendor_attention_hands_back_its_own_output(fn, device):
     laid out as the planned output (no copy), and its numbers are eager's either way. The math backend (CPU)
     returns [B,Hq,T,D] contiguous: the plain layout is taken as is, [B,T,Hq,D] is copied into the plan."""
     shapes = ((1, 4, 9, 16), (1, 2, 9, 16), (1, 2, 9, 16))
-    mod = Fn(fn, w=torch.randn(64, 8) if fn is _attend_then_merge_heads else torch.randn(1))
-    g, state = capture(mod, tuple(torch.randn(s) for s in shapes))
+    dt = torch.bfloat16 if device.type == "cuda" else torch.float32  # cuDNN's attention takes bf16, not fp32
+    w = torch.randn(64, 8) if fn is _attend_then_merge_heads else torch.randn(1)
+    mod, ref_mod = Fn(fn, w=w.to(dt)), Fn(fn, w=w.to(dt).double())
+    g, state = capture(mod, tuple(torch.randn(s, dtype=dt) for s in shapes))
     h = run(g, default_passes("bf16"))
     default = make_chooser(Options(use_db=False))
 
@@ -179,9 +181,9 @@ def test_vendor_attention_hands_back_its_own_output(fn, device):
         if step.kind == "kernel" and step.fn.startswith("flash_attention"):
             seen.append(lo <= env[step.outputs[0]].data_ptr() < hi)
 
-    inputs = tuple(torch.randn(s) for s in shapes)
+    inputs = tuple(torch.randn(s, dtype=dt) for s in shapes)
     out = exe(*(x.to(device) for x in inputs), after_step=after)
-    assert_close(out[0].cpu(), mod(*inputs), torch.float32, "vendor attention in a plan")
+    assert_close(out[0].cpu(), ref_mod(*(x.double() for x in inputs)), dt, "vendor attention in a plan")
     if device.type == "cpu":
         assert seen == [fn is _attend_then_merge_heads]  # in the arena only where it was copied there
     else:

@@ -19,6 +19,7 @@ def _pg_database():
     import sqlalchemy
 
     name = f"ds4c_test_{uuid.uuid4().hex[:12]}"
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver) not installed")
     admin = sqlalchemy.create_engine(PG_URL, isolation_level="AUTOCOMMIT",
                                      connect_args={"connect_timeout": 3})
     try:

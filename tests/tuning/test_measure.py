@@ -7,7 +7,7 @@ import dataclasses
 
 from vecadd_template import VECADD
 
-from ds4c.device import INTERPRETER
+from ds4c.device import INTERPRETER, default_device
 from ds4c.tuning_db.measure import measure
 
 PROBLEM = {"n": 1000, "dtype": "float32"}
@@ -31,8 +31,11 @@ def test_inputs_and_reference_are_made_once_per_problem():
     t, calls = _counting(VECADD)
     good = {"BLOCK": 64, "TAIL": 1, "num_warps": 1}
     assert measure(t, PROBLEM, good, INTERPRETER).ok
+    first = dict(calls)
     assert measure(t, PROBLEM, {**good, "BLOCK": 128}, INTERPRETER).ok
-    assert calls == {"inputs": 1, "reference": 1}
+    assert calls == first and calls["reference"] == 1
+    # the interpreter times one input set; a GPU also makes the sets it rotates over (a problem inside L2)
+    assert calls["inputs"] == 1 or default_device().type == "cuda"
     # a candidate that leaves the tail unwritten fails against the cached reference (poisoned outputs)
     bad = measure(t, PROBLEM, {**good, "TAIL": 0}, INTERPRETER)
     assert not bad.ok and bad.reason.startswith("wrong")
