@@ -168,11 +168,13 @@ def _enqueue(study: optuna.Study, template: Template, config: Config) -> None:
     study.enqueue_trial({n: list(v).index(config[n]) for n, v in template.space.params})
 
 
-def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], state: _State) -> None:
-    """The exhaustive search: queue the first valid config nobody has measured or is measuring."""
+def _enqueue_next(study: optuna.Study, template: Template, valid: list[Config], state: _State) -> bool:
+    """The exhaustive search: queue the first valid config nobody has measured or is measuring; False when
+    there is none."""
     unseen = _unseen(study, valid, state)
     if unseen:
         _enqueue(study, template, unseen[0])
+    return bool(unseen)
 
 
 def _enqueue_firsts(study: optuna.Study, template: Template, problem: Problem, gpu: GpuInfo,
@@ -204,8 +206,8 @@ def _propose(study: optuna.Study, template: Template, problem: Problem, gpu: Gpu
              valid: list[Config], state: _State, in_flight: set[str]):
     """Ask the sampler for one config: (trial, config) to measure, or None when the proposal was told at
     once (PRUNED when invalid or already in flight, a repeat of a measured config's result otherwise)."""
-    if settings.sampler in ("grid", "exhaustive"):
-        _enqueue_next(study, template, valid, state)
+    if settings.sampler in ("grid", "exhaustive") and not _enqueue_next(study, template, valid, state):
+        return None  # every valid config is measured or in flight: the grid's own pick could be an invalid one
     trial = study.ask()
     config = config_of(trial, template)
     trial.set_user_attr("config", config)
