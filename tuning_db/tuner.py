@@ -46,7 +46,7 @@ class TuneSettings:
     patience: int | None = None  # stop when the best has not improved for this many measured trials
     sampler: str = "tpe"
     seed: int = 0
-    compile_workers: int | None = None  # None: 8 (at most the CPU count) on CUDA, none in the interpreter
+    compile_workers: int | None = None  # per tuning process; None: default_compile_workers()
     stale_after_s: float = 3600.0  # a RUNNING trial older than this is taken as dead
     target_us: float | None = None  # stop once a config at least this fast has been measured
 
@@ -238,10 +238,16 @@ def _room(study: optuna.Study, settings: TuneSettings) -> int:
     return settings.trials - counted - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
+def default_compile_workers(processes: int = 1) -> int:
+    """Compile processes per tuning process: none under the interpreter (kernels build as they launch); on a
+    GPU at most 8, the machine's CPUs shared among the `processes` tuning processes running on it."""
+    if default_device().type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, processes)))
+
+
 def _compile_workers(settings: TuneSettings) -> int:
-    if settings.compile_workers is not None:
-        return settings.compile_workers
-    return min(8, os.cpu_count() or 1) if default_device().type == "cuda" else 0
+    return settings.compile_workers if settings.compile_workers is not None else default_compile_workers()
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, m: Measurement, counted: bool, **attrs) -> None:

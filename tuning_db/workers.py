@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ds4c import kernel_templates
 from ds4c.device import GpuInfo, current_gpu
@@ -18,7 +18,15 @@ from ds4c.kernel_templates.base import Problem, Template
 
 from .db import TuningDB
 from .key import key_fields
-from .tuner import TuneResult, TuneSettings, make_sampler, study_state, summarize, tune
+from .tuner import (
+    TuneResult,
+    TuneSettings,
+    default_compile_workers,
+    make_sampler,
+    study_state,
+    summarize,
+    tune,
+)
 
 Item = tuple[str | Template, Problem]
 
@@ -63,6 +71,8 @@ def tune_problems(items: Sequence[Item], db: TuningDB, gpu: GpuInfo | None = Non
     """Tune every (template or template name, problem) into db with `workers` processes."""
     gpu = gpu or current_gpu()
     settings = settings or TuneSettings()
+    if workers > 1 and settings.compile_workers is None:  # the workers share the machine's CPUs
+        settings = replace(settings, compile_workers=default_compile_workers(workers))
     items = [(t, dict(p)) for t, p in items]
     templates = [_resolve(t) for t, _ in items]
     studies = []

@@ -342,3 +342,17 @@ def test_nothing_valid_means_no_trials(db_url):
     assert r.stop == "no-valid-config" and r.best_config is None and r.measured == 0
     assert math.isinf(study_state(optuna.load_study(study_name=STUDY_PREFIX + r.key,
                                                     storage=db.storage)).best)
+
+
+def test_tuning_workers_share_the_cpus_for_compile_processes(monkeypatch):
+    """On a GPU each tuning process builds candidates in compile processes: 8 for one, the CPUs divided among
+    several (4 workers on 16 CPUs once started 32), at least 1; none under the interpreter."""
+    import torch
+
+    from ds4c.tuning_db import tuner
+
+    monkeypatch.setattr(tuner, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(tuner.os, "cpu_count", lambda: 16)
+    assert [tuner.default_compile_workers(n) for n in (1, 2, 4, 32)] == [8, 8, 4, 1]
+    monkeypatch.setattr(tuner, "default_device", lambda: torch.device("cpu"))
+    assert tuner.default_compile_workers(4) == 0
