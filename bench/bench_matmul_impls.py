@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.testing
 
-from ds4c.benchmark.measure import ClockSampler, EnergyMeter
+from ds4c.benchmark.measure import ClockSampler, EnergyMeter, energy_since, energy_start
 from ds4c.benchmark.record import git_commit
 from ds4c.device import current_gpu
 from ds4c.kernel_templates import _mm_common as C
@@ -78,9 +78,9 @@ def _time_sustained(fn, heat_ms: float, meter, windows: int = 5, window_ms: floa
     end.record()
     end.synchronize()
     n = max(1, int(window_ms / max(start.elapsed_time(end), 1e-3)))
-    per_launch, launches = [], 0
-    e0, w0 = (meter.read_mj() if meter else None), time.perf_counter()
+    per_launch = []
     with ClockSampler(meter) as clock:
+        window = energy_start(meter)
         for _ in range(windows):
             start.record()
             for _ in range(n):
@@ -88,11 +88,10 @@ def _time_sustained(fn, heat_ms: float, meter, windows: int = 5, window_ms: floa
             end.record()
             end.synchronize()
             per_launch.append(start.elapsed_time(end) * 1e3 / n)
-            launches += n
+        j_per_launch, watts = energy_since(meter, window, torch.device("cuda"), windows * n)
     out = {"us": statistics.median(per_launch), "sm_mhz": clock.mean_mhz}
     if meter is not None:
-        mj = meter.read_mj() - e0
-        out.update(mj_per_launch=mj / launches, watts=mj / 1e3 / (time.perf_counter() - w0))
+        out.update(mj_per_launch=j_per_launch * 1e3, watts=watts)
     return out
 
 

@@ -105,6 +105,29 @@ class EnergyMeter:
         return int(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
 
 
+def energy_start(meter) -> tuple[float, int] | None:
+    """The wall clock and the counter's reading at the start of a measured window; None without a meter."""
+    if meter is None:
+        return None
+    t0 = time.perf_counter()
+    return t0, meter.read_mj()
+
+
+def energy_since(meter, start, device: torch.device, units: int) -> tuple[float | None, float | None]:
+    """(joules per unit, mean watts) over the window since energy_start; (None, None) without a meter.
+
+    The watts divide the energy by the wall time of the same window the counter covered (the timed work
+    and the host's few microseconds between its loops), so they are the GPU's mean power over that window.
+    """
+    if meter is None:
+        return None, None
+    sync(device)
+    t0, e0 = start
+    joules = (meter.read_mj() - e0) / 1e3
+    seconds = time.perf_counter() - t0  # read after the counter: the window holds all the energy counted
+    return joules / units, (joules / seconds if seconds > 0 else None)
+
+
 class ClockSampler:
     """The mean SM clock over the work of a with-block: a thread reads meter.sm_clock_mhz() every period_s
     (NVML calls leave the interpreter lock free). mean_mhz is None without a meter or a reading."""

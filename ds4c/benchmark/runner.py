@@ -165,7 +165,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         phase("prefill")
         ttft_ms = []
         with measure.ClockSampler(meter) as prefill_clock:
-            e0 = _energy_start(meter)
+            e0 = measure.energy_start(meter)
             for _ in range(spec.prefill_timings):  # each from an idle device: latency, host overhead included
                 measure.sync(device)
                 st = measure.Stamps(device)
@@ -173,7 +173,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
                 logits = eng.prefill(inputs.tokens, inputs.last)
                 st.mark()
                 ttft_ms.append(st.total_ms())
-            prefill_j, prefill_watts = _energy(meter, e0, device, spec.prefill_timings)
+            prefill_j, prefill_watts = measure.energy_since(meter, e0, device, spec.prefill_timings)
         ttft = measure.Stats.of(ttft_ms)
         logits = logits.float().clone()
         first = logits.argmax(-1, keepdim=True)
@@ -182,14 +182,14 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         measure.sync(device)
         step_ms, loop_ms = [], []
         with measure.ClockSampler(meter) as decode_clock:
-            e0 = _energy_start(meter)
+            e0 = measure.energy_start(meter)
             for _ in range(spec.repeats):
                 st = measure.Stamps(device)
                 st.mark()
                 decode_loop(eng, first, inputs, stamps=st)
                 step_ms += st.elapsed_ms()
                 loop_ms.append(st.total_ms())
-            j_per_token, watts = _energy(meter, e0, device, spec.repeats * spec.decode_len)
+            j_per_token, watts = measure.energy_since(meter, e0, device, spec.repeats * spec.decode_len)
         peak = measure.peak_gib(device)
         step = measure.Stats.of(step_ms)
 
@@ -220,29 +220,6 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,
         modes=eng.modes_now(), notes=notes)
     return Measured(res, logits, greedy)
-
-
-def _energy_start(meter) -> tuple[float, int] | None:
-    """The wall clock and the counter's reading at the start of a measured window; None without a meter."""
-    if meter is None:
-        return None
-    t0 = time.perf_counter()
-    return t0, meter.read_mj()
-
-
-def _energy(meter, start, device: torch.device, units: int) -> tuple[float | None, float | None]:
-    """(joules per unit, mean watts) over the window since _energy_start; (None, None) without a meter.
-
-    The watts divide the energy by the wall time of the same window the counter covered (the timed work
-    and the host's few microseconds between its loops), so they are the GPU's mean power over that window.
-    """
-    if meter is None:
-        return None, None
-    measure.sync(device)
-    t0, e0 = start
-    joules = (meter.read_mj() - e0) / 1e3
-    seconds = time.perf_counter() - t0  # read after the counter: the window holds all the energy counted
-    return joules / units, (joules / seconds if seconds > 0 else None)
 
 
 def _failed(err: BaseException) -> EngineResult:

@@ -247,8 +247,6 @@ def test_energy_figures_from_the_counter(monkeypatch):
 
 
 def test_energy_is_per_unit_over_the_counted_window(monkeypatch):
-    from ds4c.benchmark import runner
-
     class Meter:
         def __init__(self):
             self.mj = iter([1_000, 7_000])
@@ -257,11 +255,11 @@ def test_energy_is_per_unit_over_the_counted_window(monkeypatch):
             return next(self.mj)
 
     meter, clock = Meter(), iter([10.0, 12.0])
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(clock))
-    start = runner._energy_start(meter)
-    assert runner._energy(meter, start, CPU, units=3) == (2.0, 3.0)  # 6 J over 3 units, 6 J over 2 s
-    assert runner._energy_start(None) is None
-    assert runner._energy(None, None, CPU, units=3) == (None, None)
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    start = measure.energy_start(meter)
+    assert measure.energy_since(meter, start, CPU, units=3) == (2.0, 3.0)  # 6 J over 3 units, 6 J over 2 s
+    assert measure.energy_start(None) is None
+    assert measure.energy_since(None, None, CPU, units=3) == (None, None)
 
 
 def test_clock_sampler_reads_while_the_block_runs():
