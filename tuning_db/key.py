@@ -92,24 +92,29 @@ def _split_dim(dim: str) -> tuple[str, int | None]:
     return dim, None
 
 
+def _indexes(value, index: int) -> bool:
+    return isinstance(value, (list, tuple)) and 0 <= index < len(value)
+
+
 def token_value(problem: Problem, dim: str):
     """The value of one token dimension of problem (None where the problem lacks it)."""
     key, index = _split_dim(dim)
     v = problem.get(key)
     if index is None:
         return v
-    return v[index] if isinstance(v, (list, tuple)) and -len(v) <= index < len(v) else None
+    return v[index] if _indexes(v, index) else None
 
 
 def without_token_dim(template: Template, problem: Problem) -> dict:
-    """The problem without the template's token dimensions (what must match for a nearest-neighbour lookup)."""
+    """The problem without the template's token dimensions (what must match for a nearest-neighbour lookup);
+    an indexed dimension is left in its list as None."""
     out = dict(problem)
     for dim in template.token_dims:
         key, index = _split_dim(dim)
         if index is None:
             out.pop(key, None)
-        elif isinstance(out.get(key), (list, tuple)) and -len(out[key]) <= index < len(out[key]):
-            out[key] = [None if i == index % len(out[key]) else x for i, x in enumerate(out[key])]
+        elif _indexes(out.get(key), index):
+            out[key] = [*out[key][:index], None, *out[key][index + 1:]]
     return out
 
 
