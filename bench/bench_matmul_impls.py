@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -171,7 +172,8 @@ def main() -> None:
     if note:
         print(note)
     rows: list = []
-    record = {"kind": "matmul-impls", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+    record = {"kind": "matmul-impls", "command": " ".join(["python", *sys.argv]),
+              "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": triton.__version__, "commit": git_commit(), "dtype": "bfloat16",
               "timer": f"event windows after {args.heat_ms:g} ms of load" if args.heat_ms > 0 else "do_bench median",
               "rows": rows}
