@@ -139,6 +139,10 @@ def study_state(study: optuna.Study) -> _State:
 # trial is a random valid config nobody has measured: where valid configs are a small part of the space (or
 # the sampler has converged) the search still makes progress, and the sampler learns from the result.
 WASTED_PROPOSALS = 16
+# An exhaustive worker whose remaining configs are all in flight in other workers waits for them: it reads the
+# study again after a pause that doubles from the first to the last value.
+IDLE_WAIT_S = (0.05, 1.0)
+_sleep = time.sleep  # patched by tests
 
 
 def _stop_reason(s: _State, settings: TuneSettings, n_valid: int, t0: float, attempts: int) -> str:
@@ -283,6 +287,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     # A batch is proposed before the current one's results are in (at most one batch of lag for the
     # sampler), and never beyond the trial budget; a batch once compiled is always measured and told.
     pending: list = []  # [(trial, config, future or None)] compiled or compiling, not yet measured
+    idle_wait = IDLE_WAIT_S[0]
     try:
         while valid:
             state = study_state(study)
@@ -314,7 +319,11 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
             if not pending and not batch:
                 if stop or room <= 0:
                     break
+                if settings.sampler in ("grid", "exhaustive"):  # the rest is in flight elsewhere: wait for it
+                    _sleep(idle_wait)
+                    idle_wait = min(2 * idle_wait, IDLE_WAIT_S[1])
                 continue  # every proposal was pruned or a duplicate: propose again
+            idle_wait = IDLE_WAIT_S[0]
             for trial, config, fut in pending:
                 err = fut.result() if fut is not None else ""
                 # one input seed per problem: measure() then makes the inputs and reference once for all

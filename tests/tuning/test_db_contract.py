@@ -132,6 +132,36 @@ def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_inva
     assert not db.trials(key, (TrialState.PRUNED,))
 
 
+def test_an_exhaustive_worker_waits_for_configs_in_flight_elsewhere(db_url, monkeypatch):
+    """Every valid config is in flight in another worker: the grid worker waits (pauses that double) until
+    they finish, then stops as exhausted. (Without the pause it re-read the study in a tight loop until the
+    attempts cap stopped it.)"""
+    from ds4c.tuning_db import tuner
+
+    db = TuningDB(db_url)
+    study = db.study(key_fields(VECADD, P, INTERPRETER), INTERPRETER, tuner.make_sampler("grid", VECADD, 0))
+    others = []
+    for c in valid_configs(VECADD, P, INTERPRETER):
+        tuner._enqueue(study, VECADD, c)
+        t = study.ask()
+        t.set_user_attr("config", c)
+        others.append(t)
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        if len(waits) == 4:  # the other worker finishes its trials
+            for t in others:
+                t.set_user_attr("counted", True)
+                study.tell(t, 1.0)
+
+    monkeypatch.setattr(tuner, "_sleep", sleep)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=100, sampler="grid", compile_workers=0))
+    assert r.stop == "exhausted" and r.ran == ()  # not "attempts": the cap on proposals (2100 here)
+    assert waits == [0.05, 0.1, 0.2, 0.4]
+    assert len(db.trials(r.key)) == len(others)  # the waiting worker created no trial
+
+
 def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
     from ds4c.tuning_db import tuner
 
