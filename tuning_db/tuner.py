@@ -140,7 +140,8 @@ def study_state(study: optuna.Study) -> _State:
 # the sampler has converged) the search still makes progress, and the sampler learns from the result.
 WASTED_PROPOSALS = 16
 # An exhaustive worker whose remaining configs are all in flight in other workers waits for them: it reads the
-# study again after a pause that doubles from the first to the last value.
+# study again after a pause that doubles from the first to the last value. After each pause it fails the
+# trials of dead workers (fail_stale), whose configs it then measures itself.
 IDLE_WAIT_S = (0.05, 1.0)
 _sleep = time.sleep  # patched by tests
 
@@ -321,6 +322,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
                     break
                 if settings.sampler in ("grid", "exhaustive"):  # the rest is in flight elsewhere: wait for it
                     _sleep(idle_wait)
+                    fail_stale(study, settings.stale_after_s)  # unless its worker died: then it is ours to do
                     idle_wait = min(2 * idle_wait, IDLE_WAIT_S[1])
                 continue  # every proposal was pruned or a duplicate: propose again
             idle_wait = IDLE_WAIT_S[0]

@@ -162,6 +162,41 @@ def test_an_exhaustive_worker_waits_for_configs_in_flight_elsewhere(db_url, monk
     assert len(db.trials(r.key)) == len(others)  # the waiting worker created no trial
 
 
+def test_a_waiting_exhaustive_worker_takes_over_the_configs_of_a_worker_that_died(db_url, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from ds4c.tuning_db import tuner
+
+    db = TuningDB(db_url)
+    study = db.study(key_fields(VECADD, P, INTERPRETER), INTERPRETER, tuner.make_sampler("grid", VECADD, 0))
+    valid = valid_configs(VECADD, P, INTERPRETER)
+    others = []
+    for c in valid:
+        tuner._enqueue(study, VECADD, c)
+        t = study.ask()
+        t.set_user_attr("config", c)
+        others.append(t)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    waits = []
+
+    def sleep(s):
+        if not waits:  # the other worker, on this host, dies while this one waits
+            for t in others:
+                t.set_user_attr("host", socket.gethostname())
+                t.set_user_attr("pid", gone.pid)
+        waits.append(s)
+
+    monkeypatch.setattr(tuner, "_sleep", sleep)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=100, sampler="grid", compile_workers=0))
+    assert r.stop == "exhausted" and r.measured == len(valid) and len(r.ran) == len(valid)
+    assert waits == [0.05]  # noticed at the next pause
+    failed = db.trials(r.key, (TrialState.FAIL,))
+    assert sum(t.user_attrs.get("reason") == "worker died mid-trial" for t in failed) == len(valid)
+
+
 def test_invalid_proposals_are_pruned_without_compiling(db_url, monkeypatch):
     from ds4c.tuning_db import tuner
 
