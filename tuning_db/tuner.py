@@ -239,8 +239,8 @@ def _room(study: optuna.Study, settings: TuneSettings) -> int:
     """Trials the budget still allows. Counted finished trials and trials in flight anywhere (this process's
     batches, other workers') count against it. Read afresh before each proposal of a batch, so that workers
     proposing batches at once overshoot the budget by at most one trial each."""
-    counted = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if t.user_attrs.get("counted"))
-    return settings.trials - counted - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return settings.trials - sum(1 for t in trials if t.state == TrialState.RUNNING or t.user_attrs.get("counted"))
 
 
 def default_compile_workers(processes: int = 1) -> int:
