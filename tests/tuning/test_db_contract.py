@@ -132,13 +132,10 @@ def test_exhaustive_grid_measures_each_valid_config_once_and_never_compiles_inva
     assert not db.trials(key, (TrialState.PRUNED,))
 
 
-def test_an_exhaustive_worker_waits_for_configs_in_flight_elsewhere(db_url, monkeypatch):
-    """Every valid config is in flight in another worker: the grid worker waits (pauses that double) until
-    they finish, then stops as exhausted. (Without the pause it re-read the study in a tight loop until the
-    attempts cap stopped it.)"""
+def _all_in_flight_elsewhere(db: TuningDB):
+    """(study, trials): another worker's RUNNING trials, one for each valid config of (VECADD, P)."""
     from ds4c.tuning_db import tuner
 
-    db = TuningDB(db_url)
     study = db.study(key_fields(VECADD, P, INTERPRETER), INTERPRETER, tuner.make_sampler("grid", VECADD, 0))
     others = []
     for c in valid_configs(VECADD, P, INTERPRETER):
@@ -146,6 +143,17 @@ def test_an_exhaustive_worker_waits_for_configs_in_flight_elsewhere(db_url, monk
         t = study.ask()
         t.set_user_attr("config", c)
         others.append(t)
+    return study, others
+
+
+def test_an_exhaustive_worker_waits_for_configs_in_flight_elsewhere(db_url, monkeypatch):
+    """Every valid config is in flight in another worker: the grid worker waits (pauses that double) until
+    they finish, then stops as exhausted. (Without the pause it re-read the study in a tight loop until the
+    attempts cap stopped it.)"""
+    from ds4c.tuning_db import tuner
+
+    db = TuningDB(db_url)
+    study, others = _all_in_flight_elsewhere(db)
     waits = []
 
     def sleep(s):
@@ -170,14 +178,8 @@ def test_a_waiting_exhaustive_worker_takes_over_the_configs_of_a_worker_that_die
     from ds4c.tuning_db import tuner
 
     db = TuningDB(db_url)
-    study = db.study(key_fields(VECADD, P, INTERPRETER), INTERPRETER, tuner.make_sampler("grid", VECADD, 0))
+    study, others = _all_in_flight_elsewhere(db)
     valid = valid_configs(VECADD, P, INTERPRETER)
-    others = []
-    for c in valid:
-        tuner._enqueue(study, VECADD, c)
-        t = study.ask()
-        t.set_user_attr("config", c)
-        others.append(t)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     waits = []
