@@ -22,6 +22,7 @@ from ds4c.passes.pointwise import fuse_pointwise
 from ds4c.passes.precision import assign_precision
 from ds4c.passes.reinplace import reinplace_state_writes
 from ds4c.passes.rope import fuse_rope, fuse_rope_into_decode_attention, fuse_rope_kv_write
+from ds4c.passes.rows import select_rows_early
 
 from .ir import Graph, maybe_verify
 
@@ -33,6 +34,7 @@ def default_passes(precision: str = "bf16") -> list:
         remove_noops,
         reinplace_state_writes,
         eliminate_common_subexpressions,
+        select_rows_early,  # before the fusions: they see the rows that are read, not all T
         fuse_rmsnorm,  # before lower_linear: folding into matmul prologues needs the norms found
         fuse_attention,
         fuse_decomposed_attention,  # before fuse_softmax, which would take the softmax alone

@@ -45,12 +45,20 @@ def test_tiny_llama_compiles_and_matches_eager(dtype, device):
         assert r["fuse_rope_kv_write"] == L
         # a decode step's rope_kv goes into its attention: one launch per layer for both
         assert r.get("fuse_rope_into_decode_attention", 0) == (L if name == "decode" else 0)
-        # prefill attention writes [B,T,H,D] for the o-projection (a decode step's transpose moves nothing)
-        assert r.get("write_attention_output_transposed", 0) == (L if name == "prefill" else 0)
+        # prefill attention writes [B,T,H,D] for the o-projection (a decode step's transpose moves nothing),
+        # except the last layer's: only the last position's row of it is read (select_rows_early)
+        assert r.get("write_attention_output_transposed", 0) == (L - 1 if name == "prefill" else 0)
+        assert ("select_rows_early" in r) == (name == "prefill")
         # bf16 casts the fp32 rope tables once per layer; after CSE once per graph
         assert r.get("eliminate_common_subexpressions", 0) == (2 * (L - 1) if dtype == torch.bfloat16 else 0)
         fallbacks = set(compiled.report[name]["fallbacks"])
         assert not any("mm" in t or "linear" in t or "attention" in t for t in fallbacks), fallbacks
+
+    # the last layer's o-projection and FFN, the final norm and the head run on the last position alone
+    plan = compiled.plan
+    rows = [plan.kernels[s.fn].problem["M"] for s in plan.graphs["prefill"].steps
+            if s.fn in plan.kernels and plan.kernels[s.fn].template in ("matmul", "gemv")]
+    assert rows == [8] * (4 * L - 3) + [1] * 4, rows
 
     reference = copy.deepcopy(model).float()  # fp32 reference (the rope tables are fp32 in both)
     tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
