@@ -52,4 +52,6 @@ def test_quantize_takes_one_scale_per_group(dtype):
     else:  # half an ulp of e4m3 (3 mantissa bits), or of its smallest subnormal step 2^-9
         bound = w.abs() / 16 + per_weight * 2.0**-10
     assert ((back - w).abs() <= bound * (1 + 1e-5)).all()
-    assert (scale[2, 1] > 500 * scale[2, 0]) and (scale[2, 1] > 500 * scale[2, 2])
+    # the 1000x group's scale against its neighbours': 1000 x the ratio of two groups' absmax of normal
+    # samples, which can fall to ~0.4 (456x was seen); one scale per row would give 1x
+    assert (scale[2, 1] > 100 * scale[2, 0]) and (scale[2, 1] > 100 * scale[2, 2])
