@@ -7,7 +7,7 @@ largest GEMMs of the layer.
 
 A selection moves above an op only where every reader of that op takes the same rows: a value that other
 ops read in full (the residual stream entering the last layer, attention's output) keeps its select.
-Runs at the ATen level, first after the clean-ups (before the fusions, which then see the smaller shapes).
+Runs at the ATen level after the clean-ups and CSE, before the fusions, which then see the smaller shapes.
 """
 
 from __future__ import annotations
@@ -16,10 +16,23 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, is_live_out, op_of, ordered, replace_uses, users
+from ds4c.ir import (
+    Graph,
+    Op,
+    Ref,
+    TensorType,
+    add_node,
+    bump,
+    is_live_out,
+    op_of,
+    ordered,
+    refs_in,
+    replace_uses,
+    users,
+)
 
 from .cleanup import copy_graph, eliminate_dead_code
-from .match import op_schema, shape
+from .match import op_schema, prod, shape
 
 _CASTS = {"aten._to_copy.default", "aten.to.dtype"}
 _REDUCTIONS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default"}
@@ -52,7 +65,7 @@ def as_selection(g: Graph, name: str) -> tuple[Ref, int, Rows] | None:
         return x, op.args[1] % rank, Rows("index_select", (op.args[2],))
     if op.target == "aten.slice.Tensor" and len(op.args) >= 2:
         params = tuple(op.args[2:]) + (None, None, 1)[len(op.args) - 2:]
-        return x, (op.args[1] if len(op.args) > 1 else 0) % rank, Rows("slice", params)
+        return x, op.args[1] % rank, Rows("slice", params)
     return None
 
 
@@ -84,7 +97,8 @@ def _pointwise(target: str) -> bool:
     if schema is None or schema.is_mutable:
         return False
     ns, name, overload = target.split(".")
-    return torch.Tag.pointwise in getattr(getattr(getattr(torch.ops, ns), name), overload).tags
+    tags = getattr(getattr(getattr(torch.ops, ns), name), overload).tags
+    return torch.Tag.pointwise in tags and torch.Tag.nondeterministic_seeded not in tags
 
 
 def _reduced_dims(op: Op, rank: int) -> tuple[set[int], bool]:
@@ -102,9 +116,9 @@ def input_dim(g: Graph, op: Op, dim: int) -> dict[int, int] | None:
     position: the dim of that argument holding the rows}; arguments absent from it are read whole by every
     row (weights, broadcast operands). None for an op whose rows mix."""
     t = op.target
-    out = op.outputs[0].shape
-    if len(op.outputs) != 1:
+    if len(op.outputs) != 1 or refs_in([v for _, v in op.kwargs]):
         return None
+    out = op.outputs[0].shape
     if _pointwise(t):
         picks = {}
         for i, a in enumerate(op.args):
@@ -138,14 +152,22 @@ def input_dim(g: Graph, op: Op, dim: int) -> dict[int, int] | None:
         kept = [d for d in range(len(xs)) if d not in dims]
         d = dim if keep else (kept[dim] if dim < len(kept) else None)
         return {0: d} if d is not None and d not in dims else None
-    if t in _RESHAPES:
-        return {0: dim} if tuple(xs[:dim + 1]) == tuple(out[:dim + 1]) else None
+    if t in _RESHAPES:  # row r of out is row r of x where as many elements precede the rows in both
+        d = _same_rows(xs, out, dim)
+        return None if d is None else {0: d}
     if t == "aten.transpose.int":
         a, b = op.args[1] % len(xs), op.args[2] % len(xs)
         return {0: b if dim == a else a if dim == b else dim}
     if t == "aten.permute.default":
         return {0: op.args[1][dim] % len(xs)}
     return None
+
+
+def _same_rows(xs: tuple[int, ...], out: tuple[int, ...], dim: int) -> int | None:
+    """The dim of a reshape's input holding the rows of its output's dim `dim`: the one as long, with as many
+    elements before it in row-major order (a [1, T, K] <-> [T, K] flattening keeps the rows)."""
+    before = prod(out[:dim])
+    return next((d for d in range(len(xs)) if xs[d] == out[dim] and prod(xs[:d]) == before), None)
 
 
 def _reshaped(op: Op, dim: int, n: int) -> Op:
@@ -183,6 +205,9 @@ def _push(g: Graph, src: str, dim: int, rows: Rows, selects: list[str]) -> bool:
         if moved.target in _RESHAPES:
             moved = _reshaped(moved, dim, op_of(g, selects[0]).outputs[0].shape[dim])
         moved = typed(g, moved)
+        want = op_of(g, selects[0]).outputs[0]
+        if (moved.outputs[0].shape, moved.outputs[0].dtype) != (want.shape, want.dtype):
+            raise ValueError("the smaller op broadcasts differently")
     except (RuntimeError, ValueError, TypeError, IndexError):
         g.remove_nodes_from(made)
         return False

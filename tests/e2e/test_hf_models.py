@@ -75,3 +75,34 @@ def test_gpt2_training_step_gives_eager_gradients(device, caplog, ds4c_runs):
     assert "running this graph on ATen" not in caplog.text
     assert len(ds4c_runs) >= 2  # forwards and backwards (one per graph dynamo makes)
     torch._dynamo.reset()
+
+
+def test_logits_of_the_last_position_compute_one_row_after_the_last_attention(device, monkeypatch):
+    """generate() asks for the last position's logits alone (logits_to_keep=1): the slice moves up through
+    the head, the final norm and the last layer's FFN and o-projection (select_rows_early), and the logits
+    still equal eager's."""
+    import ds4c.compiler
+
+    rows = []  # per compiled graph: the rows of each matmul, in graph order
+    real = ds4c.compiler.run_pipeline
+
+    def recording(g, passes):
+        out = real(g, passes)
+        ops = [out.nodes[n]["op"] for n in sorted(out.nodes, key=lambda n: out.nodes[n]["order"])]
+        rows.append([op.problem["M"] for op in ops if op.target in ("kernel:matmul", "kernel:gemv")])
+        return out
+
+    monkeypatch.setattr(ds4c.compiler, "run_pipeline", recording)
+    torch.manual_seed(random.randint(0, 2**31))
+    model = MODELS["llama"]().to(device).eval()
+    ids = torch.randint(3, V, (1, 11), device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="ds4c")
+    with torch.no_grad():
+        ref = model(input_ids=ids, logits_to_keep=1).logits
+        out = compiled(input_ids=ids, logits_to_keep=1).logits
+    assert out.shape == ref.shape == (1, 1, V)
+    assert_close(out.float().cpu(), ref.float().cpu(), torch.float32, what="llama, last position")
+    # the last layer's o-projection, gate, up and down, then the head, on one row; the rest on all 11
+    assert len(rows) == 1 and rows[0][-5:] == [1] * 5 and set(rows[0][:-5]) == {11}, rows
+    torch._dynamo.reset()

@@ -103,3 +103,19 @@ def test_rows_move_through_transposes_and_views(device):
     sel = [op_of(h, n) for n in ordered(h) if op_of(h, n).target == "aten.index_select.default"]
     assert [(op.args[1], op.outputs[0].shape) for op in sel] == [(2, (1, 4, 1, 6))]
     check_numbers(h, state, mod, (torch.randn(1, 4, R, 6), torch.tensor([3])), device)
+
+
+def test_rows_move_through_a_flattening_of_batch_and_tokens(device):
+    """[1, T, K] -> [T, K] -> mm -> [1, T, N], as aot_autograd writes a linear layer: row t of the flat
+    matrix is row t of the batch of one."""
+
+    def fn(m, x, idx):
+        return (torch.mm(torch.relu(x).view(R, K), m.w1.t()).view(1, R, N) * 3).index_select(1, idx)
+
+    mod = Fn(fn, **_params())
+    g, state = capture(mod, (torch.randn(1, R, K), torch.tensor([R - 1])))
+    h = run(g, [remove_noops, select_rows_early])
+    assert _rows_of(h, "aten.mm.default") == [1]
+    sel = [op_of(h, n) for n in ordered(h) if op_of(h, n).target == "aten.index_select.default"]
+    assert len(sel) == 1 and op_of(h, sel[0].args[0].node).target == "input"
+    check_numbers(h, state, mod, (torch.randn(1, R, K), torch.tensor([2])), device)
