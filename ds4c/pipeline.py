@@ -16,6 +16,7 @@ from ds4c.passes.matmul import (
     lower_linear,
     merge_sibling_matmuls,
     select_gemv,
+    unflatten_linear,
 )
 from ds4c.passes.norms import fuse_rmsnorm, fuse_softmax
 from ds4c.passes.pointwise import fuse_pointwise
@@ -34,6 +35,7 @@ def default_passes(precision: str = "bf16") -> list:
         remove_noops,
         reinplace_state_writes,
         eliminate_common_subexpressions,
+        unflatten_linear,  # aot_autograd's view-mm-view linear layers as linear ops, before any matching
         select_rows_early,  # before the fusions: they see the rows that are read, not all T
         fuse_rmsnorm,  # before lower_linear: folding into matmul prologues needs the norms found
         fuse_attention,

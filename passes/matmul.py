@@ -100,6 +100,51 @@ def _transposed_weight(g: Graph, wt) -> Ref | None:
     return None
 
 
+_RESHAPES = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
+
+
+def _flattened_linear(g: Graph, name: str) -> tuple[Ref, Ref, Ref | None] | None:
+    """(x, w, bias) when node name is reshape(mm(reshape(x, [T, K]), t(w)), x.shape[:-1] + [N]) or the same
+    with addmm(bias, ...): aot_autograd's spelling of linear(x, w, bias) on an x of more than two dims."""
+    op = op_of(g, name)
+    p = producer(g, op.args[0]) if op.target in _RESHAPES else None
+    if p is None or sole_user(g, p[0]) != name:
+        return None
+    mm = p[1]
+    if mm.target == "aten.mm.default" and not mm.kwargs:
+        flat, wt, bias = mm.args[0], mm.args[1], None
+    elif mm.target == "aten.addmm.default" and mm.kw("beta", 1) == 1 and mm.kw("alpha", 1) == 1:
+        bias, flat, wt = mm.args[:3]
+        if not isinstance(bias, Ref) or len(op_of(g, bias.node).outputs[bias.index].shape) != 1:
+            return None
+    else:
+        return None
+    q = producer(g, flat)
+    w = _transposed_weight(g, wt)
+    if q is None or q[1].target not in _RESHAPES or w is None:
+        return None
+    x = q[1].args[0]
+    xs = op_of(g, x.node).outputs[x.index].shape
+    if len(xs) < 3 or op.outputs[0].shape != xs[:-1] + (op_of(g, w.node).outputs[w.index].shape[0],):
+        return None
+    return x, w, bias
+
+
+def unflatten_linear(g: Graph) -> Graph:
+    """reshape(mm(reshape(x, [T, K]), t(w)), [..., T', N]) -> linear(x, w) (addmm: with its bias), so the
+    fusions see the layer's output where the model wrote it, not behind views; needs remove_noops."""
+    g = copy_graph(g)
+    for name in ordered(g):
+        found = _flattened_linear(g, name)
+        if found is None:
+            continue
+        x, w, bias = found
+        args = (x, w) + ((bias,) if bias is not None else ())
+        set_op(g, name, Op("aten.linear.default", args=args, outputs=op_of(g, name).outputs))
+        bump(g, "unflatten_linear")
+    return eliminate_dead_code(g)
+
+
 def lower_linear(g: Graph) -> Graph:
     """linear(x, w, b) / mm(x, t(w)) / matmul(x, t(w)) / addmm(b, x, t(w)) -> matmul kernel; needs clean-up."""
     g = copy_graph(g)

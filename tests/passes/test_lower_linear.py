@@ -57,3 +57,37 @@ def test_matmul_with_transposed_weight_lowered(device):
     h = run(g, upto("lower_linear"))
     assert stats(h)["lower_linear"] == 1 and targets(h) == ["kernel:matmul"]
     check_numbers(h, state, mod, (torch.randn(2, 7, 48),), device)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_backend_linear_on_a_batch_of_tokens_is_one_linear_op(bias, device):
+    """aot_autograd writes linear on [B, T, K] as view [B*T, K] -> mm/addmm -> view [B, T, N]: it becomes one
+    linear over x as written (unflatten_linear), so SwiGLU and the epilogues find the layer's output."""
+    def fn(x, w1, *rest):  # rest: (b, w2) or (w2,), in the order dynamo makes the graph's inputs
+        return F.silu(F.linear(x, w1, *rest[:-1])) * F.linear(x, rest[-1])
+
+    def make():
+        return (torch.randn(2, 7, 48), torch.randn(40, 48)) + ((torch.randn(40),) if bias else ()) + (
+            torch.randn(40, 48),)
+
+    g, _ = capture_aten(fn, make())
+    assert ("aten.addmm.default" in targets(g)) == bias and "aten.mm.default" in targets(g)
+    h = run(g, upto("unflatten_linear"))
+    assert stats(h)["unflatten_linear"] == 2
+    assert targets(h).count("aten.linear.default") == 2
+    assert not {"aten.mm.default", "aten.addmm.default", "aten._unsafe_view.default"} & set(targets(h))
+    h = run(h, upto("fuse_swiglu")[len(upto("unflatten_linear")):])
+    assert ("fuse_swiglu" in stats(h)) == (not bias)  # a biased gate is not a plain SwiGLU matmul
+    args = make()
+    assert_close(execute(h, {}, args, device)[0].cpu(), fn(*args))
+
+
+def test_backend_mm_read_elsewhere_stays():
+    """The flat mm's output also returned (as a training forward saves it): it is not computed twice."""
+    def fn(x, w):
+        y = x.view(14, 48) @ w.t()
+        return y.view(2, 7, 40), y
+
+    g, _ = capture_aten(fn, (torch.randn(2, 7, 48), torch.randn(40, 48)))
+    h = run(g, upto("unflatten_linear"))
+    assert "unflatten_linear" not in stats(h) and "aten.mm.default" in targets(h)
