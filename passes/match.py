@@ -8,21 +8,27 @@ import torch
 
 from ds4c.ir import Graph, Op, Ref, TensorType, is_live_out, op_of, out_type, users
 
-VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
-            "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
+RESHAPES = frozenset({"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"})
+VIEW_OPS = RESHAPES | {"aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.expand.default",
             "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.t.default",
             "aten.alias.default", "aten.select.int"}
 
 
 @functools.cache
-def op_schema(target: str) -> torch.FunctionSchema | None:
-    """The schema of the torch operator "<namespace>.<op>.<overload>"; None for a name no registered
-    operator has (a kernel, an op this torch lacks)."""
+def op_overload(target: str) -> torch._ops.OpOverload | None:
+    """The torch operator "<namespace>.<op>.<overload>"; None for a name no registered operator has (a kernel,
+    an op this torch lacks)."""
     try:
         ns, name, overload = target.split(".")
-        return getattr(getattr(getattr(torch.ops, ns), name), overload)._schema
+        return getattr(getattr(getattr(torch.ops, ns), name), overload)
     except (ValueError, AttributeError, RuntimeError):
         return None
+
+
+def op_schema(target: str) -> torch.FunctionSchema | None:
+    """The schema of op_overload(target), or None."""
+    op = op_overload(target)
+    return None if op is None else op._schema
 
 
 def aliased_argument(target: str) -> int | None:

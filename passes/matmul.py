@@ -16,7 +16,7 @@ from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, is_live_out, op_
 
 from .cleanup import copy_graph, eliminate_dead_code
 from .derive import derived_input, weight_type
-from .match import is_weight, prod, producer, sole_user, target_of, users
+from .match import RESHAPES, is_weight, prod, producer, shape, sole_user, target_of, users
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 FOLD_MAX_ROWS = 16  # RMSNorm folds into gemv prologues (decode); prefill keeps the norm kernel
@@ -100,14 +100,11 @@ def _transposed_weight(g: Graph, wt) -> Ref | None:
     return None
 
 
-_RESHAPES = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
-
-
 def _flattened_linear(g: Graph, name: str) -> tuple[Ref, Ref, Ref | None] | None:
     """(x, w, bias) when node name is reshape(mm(reshape(x, [T, K]), t(w)), x.shape[:-1] + [N]) or the same
     with addmm(bias, ...): aot_autograd's spelling of linear(x, w, bias) on an x of more than two dims."""
     op = op_of(g, name)
-    p = producer(g, op.args[0]) if op.target in _RESHAPES else None
+    p = producer(g, op.args[0]) if op.target in RESHAPES else None
     if p is None or sole_user(g, p[0]) != name:
         return None
     mm = p[1]
@@ -115,17 +112,17 @@ def _flattened_linear(g: Graph, name: str) -> tuple[Ref, Ref, Ref | None] | None
         flat, wt, bias = mm.args[0], mm.args[1], None
     elif mm.target == "aten.addmm.default" and mm.kw("beta", 1) == 1 and mm.kw("alpha", 1) == 1:
         bias, flat, wt = mm.args[:3]
-        if not isinstance(bias, Ref) or len(op_of(g, bias.node).outputs[bias.index].shape) != 1:
+        if not isinstance(bias, Ref) or len(shape(g, bias)) != 1:
             return None
     else:
         return None
     q = producer(g, flat)
     w = _transposed_weight(g, wt)
-    if q is None or q[1].target not in _RESHAPES or w is None:
+    if q is None or q[1].target not in RESHAPES or w is None:
         return None
     x = q[1].args[0]
-    xs = op_of(g, x.node).outputs[x.index].shape
-    if len(xs) < 3 or op.outputs[0].shape != xs[:-1] + (op_of(g, w.node).outputs[w.index].shape[0],):
+    xs = shape(g, x)
+    if len(xs) < 3 or op.outputs[0].shape != xs[:-1] + (shape(g, w)[0],):
         return None
     return x, w, bias
 

@@ -27,16 +27,16 @@ from ds4c.ir import (
     op_of,
     ordered,
     refs_in,
+    remove_dead,
     replace_uses,
     users,
 )
 
-from .cleanup import copy_graph, eliminate_dead_code
-from .match import op_schema, prod, shape
+from .cleanup import copy_graph
+from .match import RESHAPES, op_overload, prod, shape
 
 _CASTS = {"aten._to_copy.default", "aten.to.dtype"}
 _REDUCTIONS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default"}
-_RESHAPES = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"}
 _MATMULS = {"aten.linear.default", "aten.mm.default", "aten.matmul.default", "aten.addmm.default"}
 
 
@@ -75,8 +75,7 @@ def _meta(t: TensorType) -> torch.Tensor:
 
 def typed(g: Graph, op: Op) -> Op:
     """op with its output type, found by running it on meta tensors of its arguments' types."""
-    ns, name, overload = op.target.split(".")
-    fn = getattr(getattr(getattr(torch.ops, ns), name), overload)
+    fn = op_overload(op.target)
 
     def meta(v):
         if isinstance(v, Ref):
@@ -93,12 +92,10 @@ def _pointwise(target: str) -> bool:
     """A cast, or an operator torch tags pointwise that writes none of its arguments."""
     if target in _CASTS:
         return True
-    schema = op_schema(target)
-    if schema is None or schema.is_mutable:
+    op = op_overload(target)
+    if op is None or op._schema.is_mutable:
         return False
-    ns, name, overload = target.split(".")
-    tags = getattr(getattr(getattr(torch.ops, ns), name), overload).tags
-    return torch.Tag.pointwise in tags and torch.Tag.nondeterministic_seeded not in tags
+    return torch.Tag.pointwise in op.tags and torch.Tag.nondeterministic_seeded not in op.tags
 
 
 def _reduced_dims(op: Op, rank: int) -> tuple[set[int], bool]:
@@ -152,7 +149,7 @@ def input_dim(g: Graph, op: Op, dim: int) -> dict[int, int] | None:
         kept = [d for d in range(len(xs)) if d not in dims]
         d = dim if keep else (kept[dim] if dim < len(kept) else None)
         return {0: d} if d is not None and d not in dims else None
-    if t in _RESHAPES:  # row r of out is row r of x where as many elements precede the rows in both
+    if t in RESHAPES:  # row r of out is row r of x where as many elements precede the rows in both
         d = _same_rows(xs, out, dim)
         return None if d is None else {0: d}
     if t == "aten.transpose.int":
@@ -202,7 +199,7 @@ def _push(g: Graph, src: str, dim: int, rows: Rows, selects: list[str]) -> bool:
             if new:
                 made.append(args[i].node)
         moved = replace(op, args=tuple(args))
-        if moved.target in _RESHAPES:
+        if moved.target in RESHAPES:
             moved = _reshaped(moved, dim, op_of(g, selects[0]).outputs[0].shape[dim])
         moved = typed(g, moved)
         want = op_of(g, selects[0]).outputs[0]
@@ -240,7 +237,7 @@ def select_rows_early(g: Graph) -> Graph:
             if len(same) != len(readers) or not _push(g, src, dim, rows, same):
                 continue
             bump(g, "select_rows_early")
-            g = eliminate_dead_code(g)
+            remove_dead(g)  # the selects just bypassed, so the next look at src sees its live readers
             for i, n in enumerate(ordered(g)):  # room between any two nodes for the next selects
                 g.nodes[n]["order"] = float(i)
             changed = True
