@@ -24,6 +24,7 @@ ROWS = (  # (label, record key in the engine dict, format)
     ("decode W", "decode_watts", "{:.0f}"),
     ("prefill W", "prefill_watts", "{:.0f}"),
     ("SM MHz prefill / decode", ("prefill_sm_mhz", "decode_sm_mhz"), "{:.0f} / {:.0f}"),
+    ("GPU C prefill / decode", ("prefill_temp_c", "decode_temp_c"), "{:.0f} / {:.0f}"),
     ("peak mem GiB", "peak_mem_gib", "{:.2f}"),
     ("launches / step", "launches_per_step", "{:.1f}"),
     ("compile s cold", "compile_s_cold", "{:.3g}"),

@@ -104,6 +104,11 @@ class EnergyMeter:
         """The SM clock now (it falls below its maximum when the board reaches its power or thermal limit)."""
         return int(self._nvml.nvmlDeviceGetClockInfo(self._handle, self._nvml.NVML_CLOCK_SM))
 
+    def temperature_c(self) -> int:
+        """The GPU die temperature now: the same work draws more power on a hotter chip (leakage), so energy
+        figures taken minutes apart compare only with their temperatures beside them."""
+        return int(self._nvml.nvmlDeviceGetTemperature(self._handle, self._nvml.NVML_TEMPERATURE_GPU))
+
 
 def energy_start(meter) -> tuple[float, int] | None:
     """The wall clock and the counter's reading at the start of a measured window; None without a meter."""
@@ -129,12 +134,14 @@ def energy_since(meter, start, device: torch.device, units: int) -> tuple[float 
 
 
 class ClockSampler:
-    """The mean SM clock over the work of a with-block: a thread reads meter.sm_clock_mhz() every period_s
-    (NVML calls leave the interpreter lock free). mean_mhz is None without a meter or a reading."""
+    """The mean SM clock and GPU temperature over the work of a with-block: a thread reads
+    meter.sm_clock_mhz() (and meter.temperature_c(), where the meter has it) every period_s (NVML calls leave
+    the interpreter lock free). A mean is None without a meter or a reading."""
 
     def __init__(self, meter, period_s: float = 0.01):
         self.meter, self.period_s = meter, period_s
         self.samples: list[float] = []
+        self.temps: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -150,6 +157,10 @@ class ClockSampler:
                 self.samples.append(float(self.meter.sm_clock_mhz()))
             except Exception:  # no clock figure rather than no benchmark
                 return
+            try:
+                self.temps.append(float(self.meter.temperature_c()))
+            except Exception:  # a meter without a thermometer: clocks alone
+                pass
             if self._stop.wait(self.period_s):
                 return
 
@@ -161,6 +172,10 @@ class ClockSampler:
     @property
     def mean_mhz(self) -> float | None:
         return sum(self.samples) / len(self.samples) if self.samples else None
+
+    @property
+    def mean_temp_c(self) -> float | None:
+        return sum(self.temps) / len(self.temps) if self.temps else None
 
 
 def _nvml_handle(pynvml, device: torch.device):

@@ -51,9 +51,11 @@ class EngineResult:
     j_per_token: float | None = None
     decode_watts: float | None = None  # mean GPU power over the timed decode loops (energy / wall time of that window)
     decode_sm_mhz: float | None = None  # mean SM clock over them (NVML, sampled every 10 ms)
+    decode_temp_c: float | None = None  # mean GPU temperature over them: a hotter chip draws more for the same work
     prefill_j: float | None = None  # GPU energy per timed prefill
     prefill_watts: float | None = None  # mean GPU power over the timed prefills (energy / wall time of that window)
     prefill_sm_mhz: float | None = None  # mean SM clock over them: below the maximum at the power limit
+    prefill_temp_c: float | None = None
     peak_mem_gib: float | None = None
     launches_per_step: float | None = None
     compile_s_cold: float | None = None

@@ -214,6 +214,7 @@ class _ClockMeter:
 
     WATTS = 350.0
     MHZ = 1410
+    TEMP = 47
 
     def __init__(self):
         self.t0 = time.perf_counter()
@@ -223,6 +224,9 @@ class _ClockMeter:
 
     def sm_clock_mhz(self) -> int:
         return self.MHZ
+
+    def temperature_c(self) -> int:
+        return self.TEMP
 
 
 def test_energy_figures_from_the_counter(monkeypatch):
@@ -248,6 +252,7 @@ def test_energy_figures_from_the_counter(monkeypatch):
     # on a busy machine)
     assert 0.6 <= e["prefill_j"] / e["prefill_watts"] * 1e3 / e["ttft_ms"] <= 10.0
     assert e["prefill_sm_mhz"] == e["decode_sm_mhz"] == _ClockMeter.MHZ
+    assert e["prefill_temp_c"] == e["decode_temp_c"] == _ClockMeter.TEMP
 
 
 def test_energy_is_per_unit_over_the_counted_window(monkeypatch):
@@ -281,6 +286,7 @@ def test_clock_sampler_reads_while_the_block_runs():
     time.sleep(0.01)
     assert meter.n == n >= 2  # it stopped with the block
     assert c.mean_mhz == pytest.approx(1000 + (n + 1) / 2)
+    assert c.mean_temp_c is None  # a meter without a thermometer: clocks alone
     with measure.ClockSampler(None) as c:
         pass
     assert c.mean_mhz is None
