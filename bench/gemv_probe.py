@@ -8,7 +8,9 @@ first go through a float-bits conversion and are summed per scale group each ste
     scale group scaled in fp32 after it (mma1), or prescaled in fp16 with one dot per K tile (mma2);
   - flat0/flat1: int8, a full fp32 product tile with the group scale folded into x, summed once after the
     loop (no reduction in the loop); flat1 also loads the next int8 tile ahead;
-  - pf1/pf2: int8, the template's per-group sums with the int8 tiles of the next 1 or 2 steps loaded ahead.
+  - pf1/pf2: int8, the template's per-group sums with the int8 tiles of the next 1 or 2 steps loaded ahead;
+  - sk2/sk3/sk4/sk8: int8, the template's per-group sums split over K between 2-8 programs per column block,
+    the last to finish adding the partial sums in order (more programs without more reads of x).
 Each variant is checked against float64 on the dequantised weights, timed (CUDA graph), and its best config's
 energy per launch read from NVML over about a second of CUDA graph replays (pj_per_byte: energy over the
 bytes the template's cost model counts).
@@ -234,6 +236,53 @@ def _i8_pf(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, N, K,
     tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
+@triton.jit
+def _i8_splitk(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, part_ptr, count_ptr, N, K,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, DUAL: tl.constexpr,
+               SPLIT: tl.constexpr, ASM: tl.constexpr = True):
+    """One row, int8 weights, split-K: program (n, s) sums K slice s of BLOCK_N columns (the template's per-group
+    sums) and stores it to part[s]; the last of the SPLIT programs of a column block to arrive (an acq_rel
+    counter) adds the SPLIT partial sums in order (deterministic), applies the epilogue, writes the output, and
+    resets the counter for the next launch. More programs per column block without more reads of x."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = offs_n % N
+    n_groups = tl.cdiv(K, GROUP)
+    offs_g = tl.arange(0, BLOCK_K // GROUP)
+    kk0 = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    per = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT) * BLOCK_K
+    k_lo = pid_s * per
+    k_hi = tl.minimum(k_lo + per, K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        s_offs = rn[:, None] * n_groups + (k0 // GROUP + offs_g)[None, :]
+        x = tl.load(x_ptr + k0 + kk0).to(tl.float32)
+        w = _to_f32(tl.load(w_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), ASM)
+        acc += tl.sum(w * x[None, :, :], axis=2) * tl.load(ws_ptr + s_offs)
+        if DUAL:
+            w2 = _to_f32(tl.load(w2_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), ASM)
+            acc2 += tl.sum(w2 * x[None, :, :], axis=2) * tl.load(w2s_ptr + s_offs)
+    mask = offs_n < N
+    NP: tl.constexpr = 2 if DUAL else 1
+    tl.store(part_ptr + (pid_s * NP) * N + offs_n, tl.sum(acc, axis=1), mask=mask)
+    if DUAL:
+        tl.store(part_ptr + (pid_s * NP + 1) * N + offs_n, tl.sum(acc2, axis=1), mask=mask)
+    arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+    if arrived == SPLIT - 1:
+        y = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        y2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for i in tl.static_range(SPLIT):
+            y += tl.load(part_ptr + (i * NP) * N + offs_n, mask=mask, other=0.0, cache_modifier=".cg")
+            if DUAL:
+                y2 += tl.load(part_ptr + (i * NP + 1) * N + offs_n, mask=mask, other=0.0, cache_modifier=".cg")
+        if DUAL:
+            y = y / (1.0 + tl.exp(-y)) * y2
+        tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed")
+
+
 SHAPES = {"gate_up": (14336, 4096, True), "down": (4096, 14336, False), "o": (4096, 4096, False),
           "qkv": (6144, 4096, False)}
 MMA_SPACE = {"BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128, 256, 512), "num_warps": (2, 4, 8),
@@ -354,6 +403,21 @@ def main() -> None:
                             out, x, a["w"], s1, w2, s2, N, K, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP=G,
                             DUAL=dual, DEPTH=depth, num_warps=c["num_warps"], num_stages=c["num_stages"])
                     candidates.append((f"pf{depth}", c, fn))
+            for split in (2, 3, 4, 8):
+                if w_dtype != "int8" or f"sk{split}" not in args.variants:
+                    continue
+                sk_cfgs = [dict(c, num_stages=st) for c in pf_cfgs for st in (1, 2, 3) if K // c["BLOCK_K"] >= split]
+                for c in random.Random(4).sample(sk_cfgs, min(args.sweep, len(sk_cfgs))):
+                    part = torch.empty(split * (2 if dual else 1) * N, dtype=torch.float32, device=dev)
+                    count = torch.zeros(triton.cdiv(N, c["BLOCK_N"]), dtype=torch.int32, device=dev)
+
+                    def fn(c=c, split=split, part=part, count=count, out=out, x=x, a=a, s1=s1, w2=w2, s2=s2, N=N, K=K,
+                           dual=dual):
+                        _i8_splitk[(triton.cdiv(N, c["BLOCK_N"]), split)](
+                            out, x, a["w"], s1, w2, s2, part, count, N, K, BLOCK_N=c["BLOCK_N"],
+                            BLOCK_K=c["BLOCK_K"], GROUP=G, DUAL=dual, SPLIT=split, num_warps=c["num_warps"],
+                            num_stages=c["num_stages"])
+                    candidates.append((f"sk{split}", c, fn))
             if "template" not in args.variants:
                 candidates = [cand for cand in candidates if cand[0] != "template"]
             best: dict[str, tuple] = {}
