@@ -113,12 +113,16 @@ PREFILL_REPEATS_GPU = 20
 @click.option("--tune-trials", type=click.IntRange(0), help="ds4c engine: tuning trials per kernel.")
 @click.option("--db", help="ds4c engine: tuning DB (SQLite path or PostgreSQL URL).")
 @click.option("--no-warm-compile", is_flag=True, help="Build each engine once (no compile_s_warm).")
+@click.option("--cool-to", type=float,
+              help="Before each engine's timed prefills and decode loops, idle until the GPU is at most this many "
+                   "degrees C (at most 2 minutes; NVML): engines then start from the same thermal state, not "
+                   "from the heat of the one before.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Record path (default: bench/results/...).")
 @click.option("--results-dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--plot", is_flag=True, help="Also write a bar chart (PNG) next to the record (matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress display or table.")
 def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warmup, repeats, prefill_repeats,
-          seed, tune_trials, db, no_warm_compile, out, results_dir, plot, quiet):
+          seed, tune_trials, db, no_warm_compile, cool_to, out, results_dir, plot, quiet):
     """Benchmark one Llama workload under several engines side by side and write a JSON record."""
     from rich.console import Console
 
@@ -138,8 +142,8 @@ def bench(config, checkpoint, prompt_len, decode_len, max_seq_len, engines, warm
     spec = BenchSpec(config=config, checkpoint=checkpoint, prompt_len=prompt_len, decode_len=decode_len,
                      max_seq_len=max_seq_len, engines=names, warmup=warmup, repeats=repeats,
                      prefill_repeats=prefill_repeats or (PREFILL_REPEATS_GPU if device.type == "cuda" else None),
-                     seed=seed,
-                     warm_compile=not no_warm_compile, build=BuildOptions(tune_trials=tune_trials, db=db))
+                     seed=seed, warm_compile=not no_warm_compile, cool_to_c=cool_to,
+                     build=BuildOptions(tune_trials=tune_trials, db=db))
     console = Console(stderr=True, quiet=quiet)
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     display = _Display(names, console)

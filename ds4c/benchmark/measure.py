@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,26 @@ def energy_since(meter, start, device: torch.device, units: int) -> tuple[float 
     joules = (meter.read_mj() - e0) / 1e3
     seconds = time.perf_counter() - t0  # read after the counter: the window holds all the energy counted
     return joules / units, (joules / seconds if seconds > 0 else None)
+
+
+def wait_cool(meter, target_c: float | None, timeout_s: float = 120.0, period_s: float = 0.5,
+              sleep: Callable[[float], None] = time.sleep) -> tuple[float | None, float]:
+    """Idle until the GPU is at most target_c degrees (or timeout_s passed), so that engines measured one after
+    another start their energy windows from the same thermal state rather than from the heat of the engine
+    before. Returns (the temperature read last, seconds waited); (None, 0) without a target, a meter or a
+    thermometer."""
+    if target_c is None or meter is None:
+        return None, 0.0
+    waited = 0.0
+    while True:
+        try:
+            temp = float(meter.temperature_c())
+        except Exception:  # no thermometer: no wait
+            return None, waited
+        if temp <= target_c or waited >= timeout_s:
+            return temp, waited
+        sleep(period_s)
+        waited += period_s
 
 
 class ClockSampler:

@@ -38,6 +38,7 @@ class BenchSpec:
     warm_compile: bool = True  # build each engine twice, timing the second (cache-hitting) build too
     build: BuildOptions = field(default_factory=BuildOptions)
     ceiling_sizes: tuple[int | None, int | None] = (None, None)  # (copy bytes, matmul n); None: by device
+    cool_to_c: float | None = None  # before each timed phase, idle until the GPU is this cool (None: no wait)
 
     @property
     def prefill_timings(self) -> int:
@@ -162,6 +163,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         if note:
             notes.append(note)
 
+        _cool(meter, spec, notes, "prefill", phase)
         phase("prefill")
         ttft_ms = []
         with measure.ClockSampler(meter) as prefill_clock:
@@ -178,8 +180,9 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         logits = logits.float().clone()
         first = logits.argmax(-1, keepdim=True)
 
-        phase("decode")
         measure.sync(device)
+        _cool(meter, spec, notes, "decode", phase)
+        phase("decode")
         step_ms, loop_ms = [], []
         with measure.ClockSampler(meter) as decode_clock:
             e0 = measure.energy_start(meter)
@@ -221,6 +224,18 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,
         modes=eng.modes_now(), notes=notes)
     return Measured(res, logits, greedy)
+
+
+def _cool(meter, spec: BenchSpec, notes: list[str], what: str, phase: Callable[[str], None]) -> None:
+    """Wait for the GPU to cool to spec.cool_to_c before a timed phase; a note says how long and how cool."""
+    if spec.cool_to_c is None or meter is None:
+        return
+    phase(f"cooling to {spec.cool_to_c:g} C")
+    temp, waited = measure.wait_cool(meter, spec.cool_to_c)
+    if temp is None:
+        notes.append("no GPU temperature reading: no cooling wait")
+    else:
+        notes.append(f"before {what}: waited {waited:.1f} s, GPU at {temp:.0f} C (target {spec.cool_to_c:g} C)")
 
 
 def _failed(err: BaseException) -> EngineResult:
@@ -268,7 +283,8 @@ def run_bench(spec: BenchSpec, device: torch.device, command: str = "",
             engines=results, logits_err=errs, greedy_equal_eager=match,
             extra={"settings": {"warmup": spec.warmup, "repeats": spec.repeats,
                                 "prefill_repeats": spec.prefill_timings, "seed": spec.seed,
-                                "launch_steps": spec.launch_steps, "tune_trials": spec.build.tune_trials,
+                                "launch_steps": spec.launch_steps, "cool_to_c": spec.cool_to_c,
+                                "tune_trials": spec.build.tune_trials,
                                 "db": spec.build.db}})
 
     for name in spec.engines:

@@ -271,6 +271,45 @@ def test_energy_is_per_unit_over_the_counted_window(monkeypatch):
     assert measure.energy_since(None, None, CPU, units=3) == (None, None)
 
 
+def test_wait_cool_idles_until_the_target_or_the_timeout():
+    class Cooling:
+        def __init__(self, temps):
+            self.temps = iter(temps)
+
+        def temperature_c(self):
+            return next(self.temps)
+
+    slept = []
+    assert measure.wait_cool(Cooling([71, 66, 61, 58, 99]), 60.0, sleep=slept.append) == (58.0, 1.5)
+    assert slept == [0.5, 0.5, 0.5]
+    # never cool enough: gives up after timeout_s with the last reading
+    assert measure.wait_cool(Cooling([80] * 10), 60.0, timeout_s=2.0, sleep=lambda s: None) == (80.0, 2.0)
+    # no target, no meter, no thermometer: no wait
+    assert measure.wait_cool(Cooling([80]), None) == (None, 0.0)
+    assert measure.wait_cool(None, 60.0) == (None, 0.0)
+    assert measure.wait_cool(object(), 60.0) == (None, 0.0)
+
+
+def test_cooling_wait_before_each_timed_phase(monkeypatch):
+    waits = []
+    real = measure.wait_cool
+
+    def spy(meter, target_c, **kw):
+        waits.append(target_c)
+        return real(meter, target_c, sleep=lambda s: None, **kw)
+
+    monkeypatch.setattr(measure, "wait_cool", spy)
+    monkeypatch.setattr(measure.EnergyMeter, "open", staticmethod(lambda device: (_ClockMeter(), None)))
+    spec = BenchSpec(config="tiny-llama", prompt_len=9, decode_len=2, warmup=0, repeats=1, engines=("eager",),
+                     ceiling_sizes=TINY_CEILINGS, warm_compile=False, cool_to_c=50.0)
+    rec = run_bench(spec, CPU, command="test")
+    assert waits == [50.0, 50.0]  # before the prefills and before the decode loops
+    notes = rec["engines"]["eager"]["notes"]
+    assert any(n.startswith("before prefill: waited 0.0 s, GPU at 47 C") for n in notes), notes
+    assert any(n.startswith("before decode: waited 0.0 s") for n in notes), notes
+    assert rec["settings"]["cool_to_c"] == 50.0
+
+
 def test_clock_sampler_reads_while_the_block_runs():
     class Counting:
         n = 0
