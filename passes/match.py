@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import torch
 
@@ -101,6 +102,53 @@ def see_through_views(g: Graph, ref: Ref) -> Ref:
         if p is None or p[1].target not in VIEW_OPS:
             return ref
         ref = p[1].args[0]
+
+
+def _meta(t: TensorType) -> torch.Tensor:
+    return torch.empty_strided(t.shape, t.stride, dtype=t.dtype, device="meta")
+
+
+def typed(g: Graph, op: Op, types: dict[Ref, TensorType] | None = None) -> Op:
+    """op with its output type, found by running it on meta tensors of its arguments' types (types: the
+    types some arguments will have instead of their current ones). Raises what the op raises for them."""
+    fn = op_overload(op.target)
+    types = types or {}
+
+    def meta(v):
+        if isinstance(v, Ref):
+            return _meta(types.get(v) or op_of(g, v.node).outputs[v.index])
+        if isinstance(v, (tuple, list)):
+            return type(v)(meta(x) for x in v)
+        return v
+
+    out = fn(*meta(op.args), **{k: meta(v) for k, v in op.kwargs})
+    return replace(op, outputs=(TensorType(tuple(out.shape), out.dtype, tuple(out.stride())),))
+
+
+def restrided_views(g: Graph, ref: Ref, new: TensorType) -> dict[str, Op] | None:
+    """The view ops that read ref (directly or through other views), retyped for ref taking type `new` (the
+    same shape, other strides: a matmul output become a slice of a wider one); None where one of them
+    cannot view that layout. A view's strides follow its input's, so a pass that changes a value's layout
+    retypes these, or kernels made later read stale strides."""
+    out: dict[str, Op] = {}
+    types = {ref: new}
+    todo = [ref]
+    while todo:
+        r = todo.pop()
+        for u in users(g, r.node):
+            op = out.get(u) or op_of(g, u)
+            if op.target not in VIEW_OPS or r not in op.args[:1]:
+                continue
+            try:
+                t = typed(g, op, types).outputs[0]
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                return None  # e.g. view() of a layout it cannot alias
+            if t == op.outputs[0]:
+                continue
+            out[u] = replace(op, outputs=(t,))
+            types[Ref(u)] = t
+            todo.append(Ref(u))
+    return out
 
 
 def prod(xs) -> int:

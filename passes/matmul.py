@@ -16,7 +16,7 @@ from ds4c.ir import Graph, Op, Ref, TensorType, add_node, bump, is_live_out, op_
 
 from .cleanup import copy_graph, eliminate_dead_code
 from .derive import derived_input, weight_type
-from .match import RESHAPES, is_weight, prod, producer, shape, sole_user, target_of, users
+from .match import RESHAPES, is_weight, prod, producer, restrided_views, shape, sole_user, target_of, users
 
 FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 FOLD_MAX_ROWS = 16  # RMSNorm folds into gemv prologues (decode); prefill keeps the norm kernel
@@ -228,14 +228,18 @@ def merge_sibling_matmuls(g: Graph) -> Graph:
         first = members[0]
         merged = matmul_op(g, x, wcat, bcat, sum((op_of(g, m).fused for m in members), ()))
         merged = replace(merged, group="merged")
+        sliced = [replace(op_of(g, m).outputs[0], stride=merged.outputs[0].stride) for m in members]
+        views = [restrided_views(g, Ref(m), t) for m, t in zip(members, sliced, strict=True)]
+        if any(v is None for v in views):
+            continue  # a reader views the projection in a way a slice of the wider output cannot be viewed
         node = add_node(g, f"{first}_merged", merged, g.nodes[first]["order"] - 0.5)
         start = 0
-        for m, n in zip(members, ns, strict=True):
-            out = op_of(g, m).outputs[0]
-            sl = Op("aten.slice.Tensor", args=(Ref(node), len(out.shape) - 1, start, start + n),
-                    outputs=(replace(out, stride=merged.outputs[0].stride),))
+        for m, n, t, retyped in zip(members, ns, sliced, views, strict=True):
+            sl = Op("aten.slice.Tensor", args=(Ref(node), len(t.shape) - 1, start, start + n), outputs=(t,))
             s = add_node(g, f"{m}_slice", sl, g.nodes[first]["order"] - 0.25)
             replace_uses(g, Ref(m), Ref(s))
+            for u, op in retyped.items():  # their input is the slice now: the same view, its strides
+                set_op(g, u, replace(op, args=tuple(Ref(s) if a == Ref(m) else a for a in op.args)))
             start += n
         bump(g, "merge_sibling_matmuls", len(members))
     return eliminate_dead_code(g)

@@ -20,7 +20,6 @@ from ds4c.ir import (
     Graph,
     Op,
     Ref,
-    TensorType,
     add_node,
     bump,
     is_live_out,
@@ -33,7 +32,7 @@ from ds4c.ir import (
 )
 
 from .cleanup import copy_graph
-from .match import RESHAPES, op_overload, prod, shape
+from .match import RESHAPES, op_overload, prod, shape, typed
 
 _CASTS = {"aten._to_copy.default", "aten.to.dtype"}
 _REDUCTIONS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default"}
@@ -67,25 +66,6 @@ def as_selection(g: Graph, name: str) -> tuple[Ref, int, Rows] | None:
         params = tuple(op.args[2:]) + (None, None, 1)[len(op.args) - 2:]
         return x, op.args[1] % rank, Rows("slice", params)
     return None
-
-
-def _meta(t: TensorType) -> torch.Tensor:
-    return torch.empty_strided(t.shape, t.stride, dtype=t.dtype, device="meta")
-
-
-def typed(g: Graph, op: Op) -> Op:
-    """op with its output type, found by running it on meta tensors of its arguments' types."""
-    fn = op_overload(op.target)
-
-    def meta(v):
-        if isinstance(v, Ref):
-            return _meta(op_of(g, v.node).outputs[v.index])
-        if isinstance(v, (tuple, list)):
-            return type(v)(meta(x) for x in v)
-        return v
-
-    out = fn(*meta(op.args), **{k: meta(v) for k, v in op.kwargs})
-    return replace(op, outputs=(TensorType(tuple(out.shape), out.dtype, tuple(out.stride())),))
 
 
 def _pointwise(target: str) -> bool:
