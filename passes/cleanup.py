@@ -13,20 +13,25 @@ def _is_noop(g: Graph, name: str) -> bool:
         return False
     x = op.args[0]
     t = op.target
-    if t in ("aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.lift_fresh_copy.default"):
+    same_layout = op.outputs[0] == op_of(g, x.node).outputs[x.index]  # a copy into another layout is no no-op
+    if t in ("aten.alias.default", "aten.detach.default"):
         return True
+    if t in ("aten.clone.default", "aten.lift_fresh_copy.default"):
+        return same_layout
     if t == "aten.contiguous.default":
         return op_of(g, x.node).outputs[x.index].is_contiguous()
     if t in ("aten.to.dtype", "aten._to_copy.default", "aten.to.dtype_layout"):
         want = op.kw("dtype", op.args[1] if len(op.args) > 1 and t == "aten.to.dtype" else None)
-        return want in (None, dtype(g, x)) and op.kw("device") is None
+        return want in (None, dtype(g, x)) and op.kw("device") is None and same_layout
     if t in ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.expand.default"):
         return tuple(op.outputs[0].shape) == shape(g, x)
     return False
 
 
 def remove_noops(g: Graph) -> Graph:
-    """Drop identity ops (clone, same-dtype casts, same-shape views); needs nothing before it."""
+    """Drop identity ops (clones and same-dtype casts that keep the layout, same-shape views); needs nothing
+    before it. A clone into another layout (`.contiguous()` of a transposed value) stays: the views after it
+    rely on that layout."""
     g = copy_graph(g)
     for name in ordered(g):
         if _is_noop(g, name):

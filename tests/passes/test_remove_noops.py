@@ -5,6 +5,7 @@ from pass_helpers import Fn, capture, check_numbers, count, run, stats, targets
 
 from ds4c.ir import Op, Ref, add_node, out_type
 from ds4c.passes.cleanup import eliminate_dead_code, remove_noops
+from ds4c.pipeline import default_passes
 
 
 def _noisy(m, x):
@@ -40,3 +41,20 @@ def test_dead_code_removed_and_counted():
     h = run(g, [eliminate_dead_code])
     assert count(h, "aten.exp.default") == 0 and stats(h)["eliminate_dead_code"] == 2
     assert targets(h) == targets(g)[:-2]
+
+
+def _heads_back(m, x):
+    """Multi-head attention's spelling: heads of a packed projection transposed, made contiguous, viewed."""
+    y = (x @ m.w).view(5, 4, 16).transpose(0, 1).contiguous()  # [4, 5, 16], a copy into the heads-major layout
+    return y.view(4, 80) * 2
+
+
+def test_a_copy_into_another_layout_stays(device):
+    """`.contiguous()` of a transposed value is a clone that changes the layout, and the view after it needs
+    that layout: removing it once left the view and a later kernel with strides the tensor did not have."""
+    mod = Fn(_heads_back, w=torch.randn(64, 64))
+    g, state = capture(mod, (torch.randn(5, 64),))
+    assert count(g, "aten.clone.default") == 1
+    h = run(g, [remove_noops])
+    assert count(h, "aten.clone.default") == 1
+    check_numbers(run(g, default_passes("bf16")), state, mod, (torch.randn(5, 64),), device)
