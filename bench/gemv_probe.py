@@ -58,11 +58,20 @@ def _i8_to_f16(w):
         constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
 
 
+# the gemv template's int8 -> fp32 conversion itself, from its rendered source, so the variants convert as it does
+_int8_to_f32 = load_source(get("gemv").source(C.problem(1, 64, 64, w_dtype="int8")))._int8_to_f32
+
+
 @triton.jit
-def _to_f16(w, ASM: tl.constexpr):
+def _convert(w, F16: tl.constexpr, ASM: tl.constexpr):
+    """int8 -> exact fp16 (F16) or fp32: the byte tricks on a GPU (ASM), a plain cast under the interpreter."""
+    if F16:
+        if ASM:
+            return _i8_to_f16(w)
+        return w.to(tl.float16)
     if ASM:
-        return _i8_to_f16(w)
-    return w.to(tl.float16)
+        return _int8_to_f32(w)
+    return w.to(tl.float32)
 
 
 @triton.jit
@@ -83,11 +92,11 @@ def _mma_gemv(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, M, N, K,
             for g in tl.static_range(BLOCK_K // GROUP):
                 kk = k0 + g * GROUP + tl.arange(0, GROUP)
                 x = tl.load(x_ptr + rm[:, None] * K + kk[None, :]).to(tl.float16)
-                w = _to_f16(tl.load(w_ptr + rn[:, None] * K + kk[None, :]), ASM)
+                w = _convert(tl.load(w_ptr + rn[:, None] * K + kk[None, :]), True, ASM)
                 s = tl.load(ws_ptr + rn * n_groups + k0 // GROUP + g)
                 acc += tl.dot(x, tl.trans(w)) * s[None, :]
                 if DUAL:
-                    w2 = _to_f16(tl.load(w2_ptr + rn[:, None] * K + kk[None, :]), ASM)
+                    w2 = _convert(tl.load(w2_ptr + rn[:, None] * K + kk[None, :]), True, ASM)
                     s2 = tl.load(w2s_ptr + rn * n_groups + k0 // GROUP + g)
                     acc2 += tl.dot(x, tl.trans(w2)) * s2[None, :]
         else:
@@ -100,12 +109,12 @@ def _mma_gemv(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, M, N, K,
                 x = x.to(tl.float16)
                 gs = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
                 s = tl.load(ws_ptr + rn[:, None] * n_groups + gs[None, :]).to(tl.float16)
-                w = tl.reshape(tl.reshape(_to_f16(w, ASM), (BLOCK_N, BLOCK_K // GROUP, GROUP)) * s[:, :, None],
+                w = tl.reshape(tl.reshape(_convert(w, True, ASM), (BLOCK_N, BLOCK_K // GROUP, GROUP)) * s[:, :, None],
                                (BLOCK_N, BLOCK_K))
                 if DUAL:
                     s2 = tl.load(w2s_ptr + rn[:, None] * n_groups + gs[None, :]).to(tl.float16)
-                    w2 = tl.reshape(tl.reshape(_to_f16(w2, ASM), (BLOCK_N, BLOCK_K // GROUP, GROUP)) * s2[:, :, None],
-                                    (BLOCK_N, BLOCK_K))
+                    w2 = tl.reshape(tl.reshape(_convert(w2, True, ASM), (BLOCK_N, BLOCK_K // GROUP, GROUP))
+                                    * s2[:, :, None], (BLOCK_N, BLOCK_K))
             acc = tl.dot(x, tl.trans(w), acc)
             if DUAL:
                 acc2 = tl.dot(x, tl.trans(w2), acc2)
@@ -113,32 +122,6 @@ def _mma_gemv(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, M, N, K,
         acc = acc / (1.0 + tl.exp(-acc)) * acc2
     mask = (rows[:, None] < M) & (offs_n[None, :] < N)
     tl.store(out_ptr + rows[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _int8_to_f32(w):
-    """The gemv template's conversion: byte + 128 into the low mantissa byte of 2^23, then minus 2^23 + 128."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, b0, b1, b2, b3;
-        xor.b32 t, $4, 0x80808080;
-        prmt.b32 b0, t, 0x4B000000, 0x7540;
-        prmt.b32 b1, t, 0x4B000000, 0x7541;
-        prmt.b32 b2, t, 0x4B000000, 0x7542;
-        prmt.b32 b3, t, 0x4B000000, 0x7543;
-        sub.f32 $0, b0, 0f4B000080;
-        sub.f32 $1, b1, 0f4B000080;
-        sub.f32 $2, b2, 0f4B000080;
-        sub.f32 $3, b3, 0f4B000080;
-        }""",
-        constraints="=f,=f,=f,=f,r", args=[w], dtype=tl.float32, is_pure=True, pack=4)
-
-
-@triton.jit
-def _to_f32(w, ASM: tl.constexpr):
-    if ASM:
-        return _int8_to_f32(w)
-    return w.to(tl.float32)
 
 
 @triton.jit
@@ -163,17 +146,17 @@ def _i8_flat(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, N, K,
             w2q = tl.load(w2_base)
     for k0 in range(0, K, BLOCK_K):
         if PREFETCH:
-            w = _to_f32(wq, ASM)
+            w = _convert(wq, False, ASM)
             if DUAL:
-                w2 = _to_f32(w2q, ASM)
+                w2 = _convert(w2q, False, ASM)
             nxt = (k0 + BLOCK_K) % K
             wq = tl.load(w_base + nxt)
             if DUAL:
                 w2q = tl.load(w2_base + nxt)
         else:
-            w = _to_f32(tl.load(w_base + k0), ASM)
+            w = _convert(tl.load(w_base + k0), False, ASM)
             if DUAL:
-                w2 = _to_f32(tl.load(w2_base + k0), ASM)
+                w2 = _convert(tl.load(w2_base + k0), False, ASM)
         x = tl.load(x_ptr + k0 + kk0).to(tl.float32)
         s = tl.load(ws_ptr + rn[:, None] * n_groups + (k0 // GROUP + offs_g)[None, :])
         acc += w * (x[None, :, :] * s[:, :, None])
@@ -216,9 +199,9 @@ def _i8_pf(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, N, K,
             w2n = tl.load(w2_base + nk)
         s_offs = rn[:, None] * n_groups + (k0 // GROUP + offs_g)[None, :]
         x = tl.load(x_ptr + k0 + kk0).to(tl.float32)
-        acc += tl.sum(_to_f32(wa, ASM) * x[None, :, :], axis=2) * tl.load(ws_ptr + s_offs)
+        acc += tl.sum(_convert(wa, False, ASM) * x[None, :, :], axis=2) * tl.load(ws_ptr + s_offs)
         if DUAL:
-            acc2 += tl.sum(_to_f32(w2a, ASM) * x[None, :, :], axis=2) * tl.load(w2s_ptr + s_offs)
+            acc2 += tl.sum(_convert(w2a, False, ASM) * x[None, :, :], axis=2) * tl.load(w2s_ptr + s_offs)
         if DEPTH == 1:
             wa = wn
             if DUAL:
@@ -259,10 +242,10 @@ def _i8_splitk(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, part_ptr, count_p
     for k0 in range(k_lo, k_hi, BLOCK_K):
         s_offs = rn[:, None] * n_groups + (k0 // GROUP + offs_g)[None, :]
         x = tl.load(x_ptr + k0 + kk0).to(tl.float32)
-        w = _to_f32(tl.load(w_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), ASM)
+        w = _convert(tl.load(w_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), False, ASM)
         acc += tl.sum(w * x[None, :, :], axis=2) * tl.load(ws_ptr + s_offs)
         if DUAL:
-            w2 = _to_f32(tl.load(w2_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), ASM)
+            w2 = _convert(tl.load(w2_ptr + rn[:, None, None] * K + k0 + kk0[None, :, :]), False, ASM)
             acc2 += tl.sum(w2 * x[None, :, :], axis=2) * tl.load(w2s_ptr + s_offs)
     mask = offs_n < N
     NP: tl.constexpr = 2 if DUAL else 1
@@ -287,6 +270,16 @@ SHAPES = {"gate_up": (14336, 4096, True), "down": (4096, 14336, False), "o": (40
           "qkv": (6144, 4096, False)}
 MMA_SPACE = {"BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128, 256, 512), "num_warps": (2, 4, 8),
              "num_stages": (1, 2, 3, 4)}
+
+
+def _launcher(kernel, grid: tuple, args: tuple, c: dict, **consts):
+    """A no-argument launch of one of the probe's kernels with config c (tile, warps, stages) and consts."""
+
+    def launch():
+        kernel[grid](*args, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP=G, num_warps=c["num_warps"],
+                     num_stages=c["num_stages"], **consts)
+
+    return launch
 
 
 def _time_us(fn) -> float:
@@ -372,11 +365,8 @@ def main() -> None:
             for mode in modes:
                 for c in [{"BLOCK_N": 64, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}] + \
                         random.Random(1).sample(grid_cfgs, min(args.sweep, len(grid_cfgs))):
-                    def fn(c=c, mode=mode, out=out, x=x, a=a, s1=s1, w2=w2, s2=s2, N=N, K=K, dual=dual):
-                        _mma_gemv[(triton.cdiv(N, c["BLOCK_N"]),)](
-                            out, x, a["w"], s1, w2, s2, args.rows, N, K, BLOCK_N=c["BLOCK_N"],
-                            BLOCK_K=c["BLOCK_K"], GROUP=G, MODE=mode, DUAL=dual,
-                            num_warps=c["num_warps"], num_stages=c["num_stages"])
+                    fn = _launcher(_mma_gemv, (triton.cdiv(N, c["BLOCK_N"]),),
+                                   (out, x, a["w"], s1, w2, s2, args.rows, N, K), c, MODE=mode, DUAL=dual)
                     candidates.append((f"mma{mode}", c, fn))
             flat_cfgs = [c for c in grid_cfgs if c["BLOCK_N"] * c["BLOCK_K"] <= 64 * 32 * c["num_warps"]
                          and c["BLOCK_N"] <= 16] + \
@@ -386,10 +376,8 @@ def main() -> None:
                 if w_dtype != "int8" or f"flat{pre}" not in args.variants:
                     continue
                 for c in random.Random(2).sample(flat_cfgs, min(args.sweep, len(flat_cfgs))):
-                    def fn(c=c, pre=pre, out=out, x=x, a=a, s1=s1, w2=w2, s2=s2, N=N, K=K, dual=dual):
-                        _i8_flat[(triton.cdiv(N, c["BLOCK_N"]),)](
-                            out, x, a["w"], s1, w2, s2, N, K, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP=G,
-                            DUAL=dual, PREFETCH=pre, num_warps=c["num_warps"], num_stages=c["num_stages"])
+                    fn = _launcher(_i8_flat, (triton.cdiv(N, c["BLOCK_N"]),), (out, x, a["w"], s1, w2, s2, N, K), c,
+                                   DUAL=dual, PREFETCH=pre)
                     candidates.append((f"flat{pre}", c, fn))
             pf_cfgs = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=1) for bn in (2, 4, 8, 16)
                        for bk in (256, 512, 1024, 2048) for nw in (1, 2, 4, 8)
@@ -398,10 +386,8 @@ def main() -> None:
                 if w_dtype != "int8" or f"pf{depth}" not in args.variants:
                     continue
                 for c in random.Random(3).sample(pf_cfgs, min(args.sweep, len(pf_cfgs))):
-                    def fn(c=c, depth=depth, out=out, x=x, a=a, s1=s1, w2=w2, s2=s2, N=N, K=K, dual=dual):
-                        _i8_pf[(triton.cdiv(N, c["BLOCK_N"]),)](
-                            out, x, a["w"], s1, w2, s2, N, K, BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], GROUP=G,
-                            DUAL=dual, DEPTH=depth, num_warps=c["num_warps"], num_stages=c["num_stages"])
+                    fn = _launcher(_i8_pf, (triton.cdiv(N, c["BLOCK_N"]),), (out, x, a["w"], s1, w2, s2, N, K), c,
+                                   DUAL=dual, DEPTH=depth)
                     candidates.append((f"pf{depth}", c, fn))
             for split in (2, 3, 4, 8):
                 if w_dtype != "int8" or f"sk{split}" not in args.variants:
@@ -411,12 +397,8 @@ def main() -> None:
                     part = torch.empty(split * (2 if dual else 1) * N, dtype=torch.float32, device=dev)
                     count = torch.zeros(triton.cdiv(N, c["BLOCK_N"]), dtype=torch.int32, device=dev)
 
-                    def fn(c=c, split=split, part=part, count=count, out=out, x=x, a=a, s1=s1, w2=w2, s2=s2, N=N, K=K,
-                           dual=dual):
-                        _i8_splitk[(triton.cdiv(N, c["BLOCK_N"]), split)](
-                            out, x, a["w"], s1, w2, s2, part, count, N, K, BLOCK_N=c["BLOCK_N"],
-                            BLOCK_K=c["BLOCK_K"], GROUP=G, DUAL=dual, SPLIT=split, num_warps=c["num_warps"],
-                            num_stages=c["num_stages"])
+                    fn = _launcher(_i8_splitk, (triton.cdiv(N, c["BLOCK_N"]), split),
+                                   (out, x, a["w"], s1, w2, s2, part, count, N, K), c, DUAL=dual, SPLIT=split)
                     candidates.append((f"sk{split}", c, fn))
             if "template" not in args.variants:
                 candidates = [cand for cand in candidates if cand[0] != "template"]

@@ -13,7 +13,7 @@ def _is_noop(g: Graph, name: str) -> bool:
         return False
     x = op.args[0]
     t = op.target
-    same_layout = op.outputs[0] == op_of(g, x.node).outputs[x.index]  # a copy into another layout is no no-op
+    same_layout = op.outputs[0] == op_of(g, x.node).outputs[x.index]  # a copy into another layout is not an identity
     if t in ("aten.alias.default", "aten.detach.default"):
         return True
     if t in ("aten.clone.default", "aten.lift_fresh_copy.default"):
