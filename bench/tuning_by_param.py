@@ -23,14 +23,16 @@ def best_by_param(db: TuningDB, template: str, param: str) -> list[dict]:
         if fields is None or fields.template != template:
             continue
         best: dict[str, tuple[float, dict]] = {}
-        for t in db.trials(key, (TrialState.COMPLETE,)):
+        done = db.trials(key, (TrialState.COMPLETE,))
+        for t in done:
             config = t.user_attrs.get("config")
             if not isinstance(config, dict) or t.value is None or not math.isfinite(t.value):
                 continue
             v = str(config.get(param))
             if v not in best or t.value < best[v][0]:
                 best[v] = (t.value, config)
-        rows.append({"key": key, "gpu": fields.gpu, "problem": fields.problem,
+        rows.append({"key": key, "gpu": fields.gpu, "source_hash": fields.source_hash, "trials": len(done),
+                     "problem": fields.problem,
                      "best_us": {v: us for v, (us, _) in sorted(best.items())},
                      "best_config": {v: c for v, (_, c) in sorted(best.items())}})
     return rows
