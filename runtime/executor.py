@@ -179,41 +179,18 @@ class Executable:
 
     def __call__(self, *inputs: torch.Tensor, after_step: Callable | None = None) -> list[torch.Tensor]:
         """Run the graph; after_step(index, step, env), if given, sees every step's results (debugging)."""
-        env = self.bind(*inputs)
-        self.run(env, 0, len(self.steps), after_step)
-        return self.finish(env)
-
-    def bind(self, *inputs: torch.Tensor) -> dict:
-        """The environment the steps run in: static values and the user inputs by name."""
         if len(inputs) != len(self.user_inputs):
             raise TypeError(f"graph takes {len(self.user_inputs)} inputs, got {len(inputs)}")
         env = dict(self.static_env)
         env.update(zip(self.user_inputs, inputs, strict=True))
-        return env
-
-    def run(self, env: dict, lo: int, hi: int, after_step: Callable | None = None) -> None:
-        """Steps lo..hi-1, in order, over env (which they update)."""
-        for i in range(lo, hi):
-            step = self.gp.steps[i]
-            self.steps[i](env)
+        for i, (run, step) in enumerate(zip(self.steps, self.gp.steps, strict=True)):
+            run(env)
             if after_step is not None:
                 after_step(i, step, env)
             for f in step.free:
                 env.pop(f, None)
-
-    def finish(self, env: dict) -> list[torch.Tensor]:
-        """After the last step: write mutated state back where it did not happen in place; the outputs."""
         for state, name in self.gp.mutations:
             new, dst = env[name], self.values[state]
             if new.data_ptr() != dst.data_ptr():
                 dst.copy_(new)
         return [env[o] for o in self.gp.outputs]
-
-    def head_cut(self, kernels: int) -> int:
-        """The step index just after the first `kernels` kernel launches (len(steps) if there are fewer)."""
-        seen = 0
-        for i, step in enumerate(self.gp.steps):
-            seen += step.kind == "kernel"
-            if seen == kernels:
-                return i + 1
-        return len(self.gp.steps)

@@ -50,31 +50,9 @@ def load_kernels(plan: Plan, plan_dir: str | Path | None = None,
     return mods
 
 
-def _stages(exe: Executable, head: int) -> list:
-    """exe as two stages for Replay: its steps up to its first `head` kernel launches, then the rest."""
-    cut = exe.head_cut(head)
-
-    def first(*inputs: torch.Tensor) -> dict:
-        env = exe.bind(*inputs)
-        exe.run(env, 0, cut)
-        return env
-
-    def rest(env: dict) -> list[torch.Tensor]:
-        exe.run(env, cut, len(exe.steps))
-        return exe.finish(env)
-
-    return [first, rest]
-
-
 def pdl_supported(device: torch.device) -> bool:
     """Programmatic dependent launch needs a CUDA device of compute capability 9.0 or newer."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-# The prefill replays as two graphs: its first PREFILL_HEAD_KERNELS kernel launches, then the rest. Launching a
-# graph of hundreds of kernels takes the host a while before the GPU starts; a short first graph starts it at
-# once, and runs while the host launches the second. 0: one graph.
-PREFILL_HEAD_KERNELS = 0
 
 
 class LLMRunner:
@@ -104,7 +82,6 @@ class LLMRunner:
         self.pdl = pdl_supported(device) and (os.environ.get("DS4C_PDL") == "1" if pdl is None else pdl)
         self._decode = Executable(plan.graphs["decode"], kernels, plan.kernels, values, device, pdl=self.pdl)
         self.use_graph = cuda_graph and device.type == "cuda"
-        self.prefill_head = PREFILL_HEAD_KERNELS
         self._replays: dict[str, Replay | None] = {}  # by graph; None: it could not be recorded
 
     def reset(self) -> None:
@@ -132,10 +109,7 @@ class LLMRunner:
             return "step by step"
         if name not in self._replays:
             return "not run yet"
-        replay = self._replays[name]
-        if replay is None:
-            return "step by step (recording failed)"
-        return "one CUDA graph replay" if len(replay.graphs) == 1 else f"{len(replay.graphs)} CUDA graph replays"
+        return "one CUDA graph replay" if self._replays[name] is not None else "step by step (recording failed)"
 
     def _run(self, name: str, exe: Executable, *inputs: torch.Tensor) -> torch.Tensor:
         """On a GPU the first call records the graph (see _record), later calls replay it."""
@@ -148,9 +122,8 @@ class LLMRunner:
         """Warm up (loads and compiles every kernel) and record the graph; the warm-up runs write the KV cache
         entries of this very call, which the replay writes again identically. None, with a warning, for a
         graph that cannot be recorded (a kernel that syncs with the host): it runs step by step."""
-        head = self.prefill_head if name == "prefill" else 0
         try:
-            return Replay(_stages(exe, head) if head > 0 else exe, *inputs)
+            return Replay(exe, *inputs)
         except RuntimeError as e:
             warnings.warn(f"ds4c: the {name} graph runs step by step: recording it as a CUDA graph failed ({e})",
                           RuntimeWarning, stacklevel=4)

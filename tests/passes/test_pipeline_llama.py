@@ -123,18 +123,13 @@ class _FakeReplay:
     recorded: list = []
 
     def __init__(self, fn, *inputs, warmup=2):
-        self.stages = list(fn) if isinstance(fn, list) else [fn]
-        self.graphs = [None] * len(self.stages)
-        self.inputs = tuple(x.clone() for x in inputs)
+        self.fn, self.inputs = fn, tuple(x.clone() for x in inputs)
         _FakeReplay.recorded.append(len(inputs))
 
     def __call__(self, *inputs):
         for s, x in zip(self.inputs, inputs, strict=True):
             s.copy_(x)
-        carry = self.stages[0](*self.inputs)
-        for stage in self.stages[1:]:
-            carry = stage(carry)
-        return carry
+        return self.fn(*self.inputs)
 
 
 class _BrokenReplay:
@@ -173,28 +168,6 @@ def test_runner_records_prefill_and_decode_once(monkeypatch, replay, device):
     ran = "one CUDA graph replay" if replay is _FakeReplay else "step by step (recording failed)"
     assert compiled.runner.runs_as("prefill") == compiled.runner.runs_as("decode") == ran
 
-
-@pytest.mark.parametrize("head", [1, 3, 10_000])
-def test_prefill_in_two_stages_gives_the_same_logits(monkeypatch, head, device):
-    """A prefill recorded as two graphs (its first `head` kernel launches, then the rest) computes what one
-    graph does; a head longer than the graph leaves an empty second stage."""
-    import ds4c.runtime.llm as rl
-
-    monkeypatch.setattr(rl, "Replay", _FakeReplay)
-    model = _model(torch.float32).to(device)
-    compiled = compile_llm(model, prefill_len=8, options=Options(use_db=False))
-    runner = compiled.runner
-    runner.use_graph, runner.prefill_head = True, head
-    tokens = torch.randint(0, CFG.vocab_size, (1, 8), device=device)
-    last = torch.tensor([5], device=device)
-    want = runner._prefill(tokens, last)[0].clone()
-    runner.reset()
-    assert torch.equal(compiled.prefill(tokens, last), want)
-    assert runner.runs_as("prefill") == "2 CUDA graph replays"
-    cut = runner._prefill.head_cut(head)
-    kernels = [s for s in runner._prefill.gp.steps[:cut] if s.kind == "kernel"]
-    assert len(kernels) == min(head, sum(s.kind == "kernel" for s in runner._prefill.gp.steps))
-    assert cut == len(runner._prefill.steps) or runner._prefill.gp.steps[cut - 1].kind == "kernel"
 
 
 def test_pdl_is_passed_only_to_kernels_that_support_it(monkeypatch, device):
