@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from optuna.trial import TrialState
 
@@ -31,7 +32,8 @@ def best_by_param(db: TuningDB, template: str, param: str) -> list[dict]:
             v = str(config.get(param))
             if v not in best or t.value < best[v][0]:
                 best[v] = (t.value, config)
-        rows.append({"key": key, "gpu": fields.gpu, "source_hash": fields.source_hash, "trials": len(done),
+        rows.append({"key": key, "gpu": fields.gpu, "torch": fields.torch, "triton": fields.triton,
+                     "source_hash": fields.source_hash, "trials": len(done),
                      "problem": fields.problem,
                      "best_us": {v: us for v, (us, _) in sorted(best.items())},
                      "best_config": {v: c for v, (_, c) in sorted(best.items())}})
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
         shape = " ".join(f"{k}={p[k]}" for k in ("M", "N", "K", "dual", "w_dtype") if k in p)
         print(shape, " ".join(f"{args.param}={v}: {us:.1f} us" for v, us in r["best_us"].items()))
     with open(args.out, "w") as f:
-        json.dump({"kind": "tuning-by-param", "commit": git_commit(), "template": args.template,
+        json.dump({"kind": "tuning-by-param", "commit": git_commit(), "command": " ".join(sys.argv),
+                   "template": args.template,
                    "param": args.param, "rows": rows}, f, indent=1)
     return 0
 
