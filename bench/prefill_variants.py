@@ -44,14 +44,9 @@ def parse_arm(text: str) -> tuple[str, dict]:
 
 
 def dual_tma_modules() -> list:
-    """The loaded kernel modules whose TMA launcher takes two weights."""
-    out = []
-    for mod in loader._LOADED.values():
-        fn = getattr(mod, "_launch_tma", None)
-        orig = getattr(mod, "_variant_orig_launch", fn)
-        if fn is not None and "w2" in inspect.signature(orig).parameters:
-            out.append(mod)
-    return out
+    """The loaded matmul modules with a TMA launcher whose product takes two weights."""
+    return [mod for mod in loader._LOADED.values()
+            if hasattr(mod, "_launch_tma") and "w2" in inspect.signature(mod.launch).parameters]
 
 
 def apply_arm(arm: dict, defaults: dict) -> None:
