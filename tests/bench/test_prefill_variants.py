@@ -4,27 +4,15 @@ arm without settings putting back what the module had."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.runtime import loader
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "prefill_variants.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("prefill_variants", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_parse_arm():
-    s = _script()
+def test_parse_arm(bench_script):
+    s = bench_script("prefill_variants")
     assert s.parse_arm("tuned") == ("tuned", {})
     assert s.parse_arm("f3:flatten=1:stages=3") == ("f3", {"flatten": 1, "stages": 3})
     for bad in ("x:flatten", "x:stages=three", "x:warps=4"):
@@ -32,14 +20,13 @@ def test_parse_arm():
             s.parse_arm(bad)
 
 
-def test_arms_patch_the_dual_module_only(tmp_path, monkeypatch):
-    monkeypatch.setenv("DS4C_CACHE_DIR", str(tmp_path))
+def test_arms_patch_the_dual_module_only(monkeypatch, bench_script):
     T = get("matmul")
     dual = loader.load_source(T.source(C.problem(64, 32, 64, "float32", dual=True, epilogue=C.SWIGLU)))
     single = loader.load_source(T.source(C.problem(64, 32, 64, "float32")))
     seen = []
     monkeypatch.setattr(dual, "_launch_tma", lambda *a, **kw: seen.append(kw["num_stages"]) or True)
-    s = _script()
+    s = bench_script("prefill_variants")
     defaults = {}
     flatten0, single_launch = dual._TMA_FLATTEN, single._launch_tma
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +12,6 @@ from ds4c.device import H200
 from ds4c.kernel_templates import _mm_common as C
 from ds4c.kernel_templates import get
 from ds4c.tuning_db.tuner import valid_configs
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "tuning_efficiency.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("tuning_efficiency", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _record(tmp_path: Path, gpu: str, table: list) -> Path:
@@ -35,8 +23,8 @@ def _record(tmp_path: Path, gpu: str, table: list) -> Path:
     return path
 
 
-def test_replay_restricted_to_where(tmp_path):
-    te = _script()
+def test_replay_restricted_to_where(tmp_path, bench_script):
+    te = bench_script("tuning_efficiency")
     rng = random.Random()
     configs = valid_configs(get("gemv"), C.problem(1, 96, 256), H200)
     table = [[c, rng.uniform(10, 50)] for c in configs]
@@ -53,7 +41,7 @@ def test_replay_restricted_to_where(tmp_path):
     assert rec["replay_of"] == {"record": "rec.json", "commit": "abc", "where": {"num_warps": warps}}
 
 
-def test_replay_refuses_an_unknown_gpu(tmp_path):
-    te = _script()
+def test_replay_refuses_an_unknown_gpu(tmp_path, bench_script):
+    te = bench_script("tuning_efficiency")
     with pytest.raises(SystemExit, match="known GPUs"):
         te.replay_record(_record(tmp_path, "Some GPU", []), {}, seeds=1, sampler="tpe")
