@@ -17,7 +17,7 @@ from ds4c import kernel_templates
 from ds4c.errors import Ds4cError
 from ds4c.kernel_templates.base import Template
 
-from .db import TuningDB, read_json
+from .db import TuningDB, read_json, source_current
 from .portable import export_entries, import_entries, merge
 from .tuner import SAMPLERS, TuneSettings
 from .workers import Progress, tune_problems
@@ -114,11 +114,13 @@ def make_db_group(resolve: Callable[[str], Template] = kernel_templates.get) -> 
     @db.command(name="ls")
     @click.pass_obj
     def ls(opener):
-        """List tuned kernels: key, template, GPU, best time, trials."""
+        """List tuned kernels: key, template, GPU, best time, trials; "template changed" marks entries measured
+        on another text of their template (no lookup reaches them; `prune` drops them)."""
         for e in sorted(opener().entries(), key=lambda e: (e.fields.template, e.key)):
             us = "-" if e.us is None else f"{e.us:.2f}"
+            note = "" if source_current(e.fields, resolve) else "  template changed"
             click.echo(f"{e.key[:12]}  {e.fields.template:16s} {e.fields.gpu:20s} {us:>12s} us "
-                       f"{e.trials:5d} trials")
+                       f"{e.trials:5d} trials{note}")
 
     @db.command(name="show")
     @click.argument("key")
@@ -167,8 +169,9 @@ def make_db_group(resolve: Callable[[str], Template] = kernel_templates.get) -> 
     @click.option("--gpu", default=None, help="also drop entries of every GPU but this one (its name)")
     @click.pass_obj
     def prune(opener, gpu):
-        """Drop entries from other torch/triton/schema versions (and other GPUs with --gpu)."""
-        dropped = opener().prune(keep_gpu=gpu)
+        """Drop entries from other torch/triton/schema versions, or measured on another text of their template
+        (and other GPUs with --gpu)."""
+        dropped = opener().prune(keep_gpu=gpu, resolve=resolve)
         click.echo(f"dropped {len(dropped)} entries")
 
     return db

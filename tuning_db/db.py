@@ -269,9 +269,12 @@ class TuningDB:
 
     # --- maintenance ---------------------------------------------------------------------------------
     def prune(self, keep_gpu: str | None = None, torch_version: str | None = None,
-              triton_version: str | None = None) -> list[str]:
+              triton_version: str | None = None,
+              resolve: Callable[[str], Template] | None = None) -> list[str]:
         """Drop studies of another schema, torch or triton version (and of another GPU than keep_gpu,
-        when given); unreadable ds4c studies go too. Returns the dropped keys."""
+        when given); unreadable ds4c studies go too. With resolve (template name -> template), also those
+        measured on another text of their template, or of a template that no longer exists: no lookup can
+        reach them again. Returns the dropped keys."""
         import torch
         import triton
 
@@ -279,11 +282,20 @@ class TuningDB:
         dropped = []
         for _, key, f, _ in self.studies():
             stale = (f is None or f.schema != SCHEMA_VERSION or f.torch != tv or f.triton != trv
-                     or (keep_gpu is not None and f.gpu != keep_gpu))
+                     or (keep_gpu is not None and f.gpu != keep_gpu)
+                     or (resolve is not None and not source_current(f, resolve)))
             if stale:
                 optuna.delete_study(study_name=STUDY_PREFIX + key, storage=self.storage)
                 dropped.append(key)
         return dropped
+
+
+def source_current(fields: KeyFields, resolve: Callable[[str], Template]) -> bool:
+    """Whether an entry was measured on the text its template renders for its problem today."""
+    try:
+        return fields.source_hash == resolve(fields.template).source_hash(fields.problem)
+    except Exception:  # an unknown template, or a problem the template no longer renders
+        return False
 
 
 def _finite(v: object) -> bool:

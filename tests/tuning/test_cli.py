@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from vecadd_template import VECADD, resolve
 
 from ds4c.tuning_db.cli import make_db_group, tune_command
+from ds4c.tuning_db.key import KeyFields
 
 P = {"n": 300, "dtype": "float32"}
 
@@ -45,9 +46,22 @@ def test_tune_then_every_db_command(tmp_path):
     third = f"sqlite:///{tmp_path / 'c.db'}"
     merged = runner.invoke(db, ["--db", third, "merge", url])
     assert merged.exit_code == 0 and "merged 2 entries" in merged.output
+    fields = {**data_entry(exported)["fields"], "source_hash": "0" * 16}  # measured before the text changed
+    edited = {**data_entry(exported), "fields": fields, "key": KeyFields.from_json(fields).key}
+    edited_file = tmp_path / "edited.json"
+    edited_file.write_text(json.dumps({**json.loads(exported.read_text()), "entries": [edited]}))
+    assert "imported 1 entries" in runner.invoke(db, ["--db", third, "import", str(edited_file)]).output
+    ls = runner.invoke(db, ["--db", third, "ls"]).output.splitlines()
+    assert len(ls) == 3 and sum(line.endswith("template changed") for line in ls) == 1
+    pruned = runner.invoke(db, ["--db", third, "prune"])
+    assert pruned.exit_code == 0 and "dropped 1 entries" in pruned.output
     pruned = runner.invoke(db, ["--db", third, "prune", "--gpu", "NVIDIA B300"])  # not this machine
     assert pruned.exit_code == 0 and "dropped 2 entries" in pruned.output
     assert runner.invoke(db, ["--db", third, "ls"]).output.strip() == ""
+
+
+def data_entry(export_file):
+    return json.loads(export_file.read_text())["entries"][0]
 
 
 def test_tune_only_some_templates(tmp_path):

@@ -381,6 +381,19 @@ def test_prune_drops_other_versions_and_gpus(db_url):
     assert [e.key for e in db.entries()] == [r.key]
 
 
+def test_prune_drops_entries_of_another_template_text(db_url):
+    db = TuningDB(db_url)
+    r = tune(VECADD, P, db, INTERPRETER, TuneSettings(trials=2, sampler="random"))
+    f = key_fields(VECADD, P, INTERPRETER)
+    edited = KeyFields(**{**f.__dict__, "source_hash": "0" * 16})  # tuned before the template's text changed
+    gone = KeyFields(**{**f.__dict__, "template": "no_such"})
+    db.study(edited, INTERPRETER)
+    db.study(gone, INTERPRETER)
+    assert db.prune() == []  # versions and GPU as this machine's: kept without a resolver
+    assert sorted(db.prune(resolve=resolve)) == sorted([edited.key, gone.key])
+    assert [e.key for e in db.entries()] == [r.key]
+
+
 def test_unreachable_url_is_one_clear_error_or_falls_back():
     url = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none"
     with pytest.raises(Ds4cError) as e:
