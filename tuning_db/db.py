@@ -234,11 +234,8 @@ class TuningDB:
             m = token_count(template, f.problem)
             if m is None or without_token_dim(template, f.problem) != rest:
                 continue
-            try:
-                if f.source_hash != template.source_hash(f.problem):
-                    continue  # tuned against another version of the template text
-            except Exception:
-                continue
+            if not source_current(f, lambda _: template):
+                continue  # tuned against another version of the template text
             candidates.append((abs(math.log(m / n)), -m, key))
         for _, _, key in sorted(candidates):
             found = self.best_valid(key, template, problem, gpu)
