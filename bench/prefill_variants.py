@@ -21,6 +21,7 @@ import inspect
 import json
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -49,15 +50,14 @@ def dual_tma_modules() -> list:
             if hasattr(mod, "_launch_tma") and "w2" in inspect.signature(mod.launch).parameters]
 
 
-def apply_arm(arm: dict, defaults: dict) -> None:
+def apply_arm(arm: dict) -> None:
     """Set the dual modules' constants for the next engine's capture (the modules are shared by every plan
-    that loads the same source)."""
+    that loads the same source); each module keeps what it had beside, for the arms without a setting."""
     for mod in dual_tma_modules():
-        if not hasattr(mod, "_variant_orig_launch"):
-            mod._variant_orig_launch = mod._launch_tma
-            defaults[id(mod)] = mod._TMA_FLATTEN
-        orig = mod._variant_orig_launch
-        mod._TMA_FLATTEN = bool(arm["flatten"]) if "flatten" in arm else defaults[id(mod)]
+        if not hasattr(mod, "_variant_orig"):
+            mod._variant_orig = (mod._launch_tma, mod._TMA_FLATTEN)
+        orig, flatten = mod._variant_orig
+        mod._TMA_FLATTEN = bool(arm["flatten"]) if "flatten" in arm else flatten
         stages = arm.get("stages")
 
         def launch(*args, _orig=orig, _stages=stages, **kwargs):
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default="tuned,flatten:flatten=1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--block", type=int, default=20, help="prefills per arm per round")
-    ap.add_argument("--db", default=None, help="ds4c tuning DB path or URL")
+    ap.add_argument("--db", default=None, help="ds4c tuning DB URL (default: $DS4C_DB)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     arms = [parse_arm(a) for a in args.arms.split(",")]
@@ -85,12 +85,12 @@ def main(argv=None) -> int:
     inputs = make_inputs(cfg.vocab_size, spec.prompt_len, spec.decode_len, spec.seed, device)
     meter, note = measure.EnergyMeter.open(device)
     options = Options(db_url=args.db, use_cache=False)
-    engines, defaults, reference = {}, {}, None
+    engines, reference = {}, None
     with torch.no_grad():
         for name, arm in arms:
-            apply_arm(arm, defaults)  # modules loaded by earlier compiles
+            apply_arm(arm)  # modules loaded by earlier compiles
             compiled = compile_llm(model, prefill_len=args.prompt_len, options=options)
-            apply_arm(arm, defaults)  # and by this one; the capture below bakes the setting in
+            apply_arm(arm)  # and by this one; the capture below bakes the setting in
             for _ in range(3):  # compile, record, warm
                 logits = compiled.prefill(inputs.tokens, inputs.last)
             logits = logits.float()
@@ -98,21 +98,15 @@ def main(argv=None) -> int:
             err = ((logits - reference).norm() / reference.norm()).item()
             engines[name] = compiled
             print(f"built {name} {arm}: logits vs first arm {err:.2e}", flush=True)
-        apply_arm({}, defaults)
+        apply_arm({})
         rows = {name: [] for name, _ in arms}
         for r in range(args.rounds):
             for name, _ in arms:
                 eng = engines[name]
-                times = []
                 with measure.ClockSampler(meter) as clock:
                     e0 = measure.energy_start(meter)
-                    for _ in range(args.block):
-                        measure.sync(device)
-                        st = measure.Stamps(device)
-                        st.mark()
-                        eng.prefill(inputs.tokens, inputs.last)
-                        st.mark()
-                        times.append(st.total_ms())
+                    times, _ = measure.timed_calls(partial(eng.prefill, inputs.tokens, inputs.last), args.block,
+                                                   device)
                     joules, watts = measure.energy_since(meter, e0, device, args.block)
                 row = {"round": r, "median_ms": statistics.median(times), "ms": times, "j_per_prefill": joules,
                        "watts": watts, "sm_mhz": clock.mean_mhz, "temp_c": clock.mean_temp_c}

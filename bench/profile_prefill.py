@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -59,14 +60,9 @@ def profile_engine(name: str, model, inputs, spec: BenchSpec, calls: int, device
             reset_cache(model)
             eng.prefill(inputs.tokens, inputs.last)
         measure.sync(device)
-        wall = []
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):  # each from an idle device, timed by events as `ds4c bench` times it
-                st = measure.Stamps(device)
-                st.mark()
-                eng.prefill(inputs.tokens, inputs.last)
-                st.mark()
-                wall.append(st.total_ms())
+            # each from an idle device, timed by events as `ds4c bench` times it
+            wall, _ = measure.timed_calls(partial(eng.prefill, inputs.tokens, inputs.last), calls, device)
     rows = kernel_table(prof, calls)
     gpu_us = sum(r["us_per_call"] for r in rows)
     for r in rows:

@@ -49,6 +49,20 @@ class Stamps:
         return (self.marks[-1] - self.marks[0]) * 1e3
 
 
+def timed_calls(fn: Callable[[], object], n: int, device: torch.device) -> tuple[list[float], object]:
+    """Milliseconds of n calls of fn, each started on an idle device (synchronised before it), so each time is
+    a latency with the host's overhead in it; and the last call's result."""
+    times, out = [], None
+    for _ in range(n):
+        sync(device)
+        st = Stamps(device)
+        st.mark()
+        out = fn()
+        st.mark()
+        times.append(st.total_ms())
+    return times, out
+
+
 def quantile(xs: list[float], q: float) -> float:
     """Linear-interpolated quantile (q in [0, 1]) of a non-empty list, as numpy's default method."""
     s = sorted(xs)

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -165,16 +166,10 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
 
         _cool(meter, spec, notes, "prefill", phase)
         phase("prefill")
-        ttft_ms = []
         with measure.ClockSampler(meter) as prefill_clock:
             e0 = measure.energy_start(meter)
-            for _ in range(spec.prefill_timings):  # each from an idle device: latency, host overhead included
-                measure.sync(device)
-                st = measure.Stamps(device)
-                st.mark()
-                logits = eng.prefill(inputs.tokens, inputs.last)
-                st.mark()
-                ttft_ms.append(st.total_ms())
+            ttft_ms, logits = measure.timed_calls(partial(eng.prefill, inputs.tokens, inputs.last),
+                                                  spec.prefill_timings, device)
             prefill_j, prefill_watts = measure.energy_since(meter, e0, device, spec.prefill_timings)
         ttft = measure.Stats.of(ttft_ms)
         logits = logits.float().clone()

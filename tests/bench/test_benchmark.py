@@ -121,6 +121,17 @@ def test_cpu_has_no_gpu_only_figures():
     assert len(st.elapsed_ms()) == 3 and all(x >= 0 for x in st.elapsed_ms())
 
 
+def test_timed_calls_times_each_call_and_returns_the_last_result():
+    calls = iter(range(10))
+
+    def fn():
+        time.sleep(0.002)
+        return next(calls)
+
+    times, last = measure.timed_calls(fn, 3, CPU)
+    assert last == 2 and len(times) == 3 and all(t >= 2.0 for t in times)
+
+
 # --- record ----------------------------------------------------------------------------------------------
 
 def _record(**engine_figs) -> dict:

@@ -27,16 +27,15 @@ def test_arms_patch_the_dual_module_only(monkeypatch, bench_script):
     seen = []
     monkeypatch.setattr(dual, "_launch_tma", lambda *a, **kw: seen.append(kw["num_stages"]) or True)
     s = bench_script("prefill_variants")
-    defaults = {}
     flatten0, single_launch = dual._TMA_FLATTEN, single._launch_tma
 
-    s.apply_arm({"flatten": 0, "stages": 2}, defaults)
+    s.apply_arm({"flatten": 0, "stages": 2})
     assert dual._TMA_FLATTEN is False
     dual._launch_tma(num_stages=4)
-    s.apply_arm({"flatten": 1}, defaults)
+    s.apply_arm({"flatten": 1})
     assert dual._TMA_FLATTEN is True
     dual._launch_tma(num_stages=4)
-    s.apply_arm({}, defaults)
+    s.apply_arm({})
     assert dual._TMA_FLATTEN is flatten0
     dual._launch_tma(num_stages=5)
     assert seen == [2, 4, 5]
