@@ -9,6 +9,8 @@ first go through a float-bits conversion and are summed per scale group each ste
   - flat0/flat1: int8, a full fp32 product tile with the group scale folded into x, summed once after the
     loop (no reduction in the loop); flat1 also loads the next int8 tile ahead;
   - pf1/pf2: int8, the template's per-group sums with the int8 tiles of the next 1 or 2 steps loaded ahead;
+  - tma: int8 or bf16, weight tiles [BLOCK_N, BLOCK_K / 64, 64] loaded by TMA (a descriptor over W viewed
+    as [N, K / 64, 64]) in a loop of num_stages tiles in flight in shared memory, not in registers;
   - sk2/sk3/sk4/sk8: int8, the template's per-group sums split over K between 2-8 programs per column block,
     the last to finish adding the partial sums in order (more programs without more reads of x).
 Each variant is checked against float64 on the dequantised weights, timed (CUDA graph), and its best config's
@@ -266,6 +268,55 @@ def _i8_splitk(out_ptr, x_ptr, w_ptr, ws_ptr, w2_ptr, w2s_ptr, part_ptr, count_p
         tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed")
 
 
+@triton.jit
+def _gemv_tma(out_ptr, x_ptr, w_desc, ws_ptr, w2_desc, w2s_ptr, N, K,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, DUAL: tl.constexpr,
+              QUANT: tl.constexpr, STAGES: tl.constexpr, ASM: tl.constexpr = True):
+    """One row; weight tiles [BLOCK_N, BLOCK_K // GROUP, GROUP] arrive by TMA (a descriptor over W viewed as
+    [N, K // GROUP, GROUP]), STAGES tiles in flight in shared memory, so the bytes in flight no longer cost
+    registers. int8 (QUANT): the template's per-group sums and scales; bf16: an fp32 product tile."""
+    pid = tl.program_id(0)
+    n0 = pid * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    rn = offs_n % N
+    n_groups = tl.cdiv(K, GROUP)
+    offs_g = tl.arange(0, BLOCK_K // GROUP)
+    kk0 = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    if QUANT:
+        acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K // GROUP, GROUP), dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+        g0 = k0 // GROUP
+        w = w_desc.load([n0, g0, 0])
+        if DUAL:
+            w2 = w2_desc.load([n0, g0, 0])
+        x = tl.load(x_ptr + k0 + kk0, mask=k0 + kk0 < K, other=0.0).to(tl.float32)
+        if QUANT:
+            s_offs = rn[:, None] * n_groups + (g0 + offs_g)[None, :]
+            s_live = (g0 + offs_g)[None, :] < n_groups
+            acc += tl.sum(_convert(w, False, ASM) * x[None, :, :], axis=2) * tl.load(ws_ptr + s_offs, mask=s_live,
+                                                                                     other=0.0)
+            if DUAL:
+                acc2 += tl.sum(_convert(w2, False, ASM) * x[None, :, :], axis=2) * tl.load(w2s_ptr + s_offs,
+                                                                                           mask=s_live, other=0.0)
+        else:
+            acc += w.to(tl.float32) * x[None, :, :]
+            if DUAL:
+                acc2 += w2.to(tl.float32) * x[None, :, :]
+    if QUANT:
+        y = tl.sum(acc, axis=1)
+        y2 = tl.sum(acc2, axis=1)
+    else:
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        y2 = tl.sum(tl.sum(acc2, axis=2), axis=1)
+    if DUAL:
+        y = y / (1.0 + tl.exp(-y)) * y2
+    tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
 SHAPES = {"gate_up": (14336, 4096, True), "down": (4096, 14336, False), "o": (4096, 4096, False),
           "qkv": (6144, 4096, False)}
 MMA_SPACE = {"BLOCK_N": (16, 32, 64, 128), "BLOCK_K": (64, 128, 256, 512), "num_warps": (2, 4, 8),
@@ -400,6 +451,22 @@ def main() -> None:
                     fn = _launcher(_i8_splitk, (triton.cdiv(N, c["BLOCK_N"]), split),
                                    (out, x, a["w"], s1, w2, s2, part, count, N, K), c, DUAL=dual, SPLIT=split)
                     candidates.append((f"sk{split}", c, fn))
+            if "tma" in args.variants:
+                from triton.tools.tensor_descriptor import TensorDescriptor
+
+                quant = w_dtype == "int8"
+                tma_cfgs = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=st) for bn in (2, 4, 8, 16, 32)
+                            for bk in (128, 256, 512, 1024, 2048) for nw in (1, 2, 4, 8) for st in (2, 3, 4, 6)
+                            if 8 * 32 * nw <= bn * bk <= (128 if quant else 64) * 32 * nw
+                            and st * bn * bk * (1 if quant else 2) * (2 if dual else 1) <= 200 * 1024]
+                cfgs = random.Random(5).sample(tma_cfgs, min(args.sweep, len(tma_cfgs)))
+                for c in cfgs:
+                    box = [c["BLOCK_N"], c["BLOCK_K"] // G, G]
+                    wd = TensorDescriptor(a["w"], [N, K // G, G], [K, G, 1], box)
+                    w2d = TensorDescriptor(w2, [N, K // G, G], [K, G, 1], box) if dual else wd
+                    fn = _launcher(_gemv_tma, (triton.cdiv(N, c["BLOCK_N"]),), (out, x, wd, s1, w2d, s2, N, K), c,
+                                   DUAL=dual, QUANT=quant, STAGES=c["num_stages"])
+                    candidates.append(("tma", c, fn))
             if "template" not in args.variants:
                 candidates = [cand for cand in candidates if cand[0] != "template"]
             best: dict[str, tuple] = {}
