@@ -38,6 +38,9 @@ class SearchSpace:
     """Candidate values per tunable parameter, in a fixed order. Data only: no code is ever read from it."""
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
+    # parameters added after configs were stored, with the value a stored config lacking one meant; the
+    # tuning database completes what it reads (complete) before checking it (contains)
+    implied: tuple[tuple[str, int], ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -53,6 +56,13 @@ class SearchSpace:
         for _, vals in self.params:
             n *= len(vals)
         return n
+
+    def complete(self, config: object) -> object:
+        """config with the implied parameters it lacks filled in (anything but a dict: unchanged)."""
+        if not isinstance(config, dict):
+            return config
+        missing = {k: v for k, v in self.implied if k not in config}
+        return {**config, **missing} if missing else config
 
     def contains(self, config: object) -> bool:
         """True when config is a dict with exactly these keys, each an int among the candidates."""

@@ -17,7 +17,8 @@ SPACE = SearchSpace((
     ("BLOCK_K", (64, 128, 256, 512, 1024, 2048)),
     ("num_warps", (1, 2, 4, 8)),
     ("num_stages", (1, 2, 3, 4)),
-))
+    ("TMA", (0, 1)),  # 1: quantised weight tiles through tensor descriptors (Hopper+), in shared memory
+), implied=(("TMA", 0),))  # configs stored before TMA existed loaded by pointers
 
 _ACC_REGS = 64  # fp32 accumulator registers per thread we allow
 _STEP_REGS = 128  # quantised weights: fp32 registers per thread for one step's converted weight tile
@@ -57,8 +58,17 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
         return False
     if quant and bk % QUANT_GROUP:  # quantised: whole scale groups per K tile
         return False
+    if config["TMA"] and not tma_ok(p, gpu):
+        return False
     wb = dtype_of(p["dtype"]).itemsize if p["w_dtype"] == "same" else 1
     return config["num_stages"] * bn * bk * wb * n_acc <= gpu.smem_per_block
+
+
+def tma_ok(p: Problem, gpu: GpuInfo) -> bool:
+    """TMA=1 takes the problem: quantised weights of whole scale groups per row (the descriptor views W as
+    [N, K / G, G]), on a GPU with TMA or the interpreter."""
+    return (p["w_dtype"] != "same" and p["K"] % QUANT_GROUP == 0
+            and (gpu.is_interpreter or gpu.capability >= (9, 0)))
 
 
 def default(problem: Problem, gpu: GpuInfo) -> Config:
@@ -66,7 +76,13 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     shrinking first when several rows or dual weights would push the product tile out of registers.
     bf16 weights: BLOCK_N 8-16, BLOCK_K 256-512, 4 warps, 2 stages. int8/fp8 weights (a byte per weight, an
     accumulator per scale group): BLOCK_N 4, BLOCK_K 1024, 3 stages; tuned Llama-3.1-8B gate/up and down
-    projections took these tiles (34.9 and 21.7 us, bench/results/2026-12-03-tuning-db-h200-run9.json)."""
+    projections took these tiles (34.9 and 21.7 us, bench/results/2026-12-03-tuning-db-h200-run9.json).
+    Where TMA takes the problem, quantised weights take BLOCK_N 4, BLOCK_K 1024, one warp, 3 stages through
+    TMA: the best of 20 random TMA tiles on both of those projections (33.5 and 18.6 us against the pointer
+    tiles' 38.0 and 20.9 us in the same run, bench/results/2026-12-04-gemv-tma-probe-h200.json)."""
+    tma = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1}
+    if not gpu.is_interpreter and valid(tma, problem, gpu):
+        return tma
     if problem["w_dtype"] != "same":
         bks, bns, warps_order, stages = (1024, 512, 256, 128, 64), (4, 8, 2, 16, 32), (4, 8, 2, 1), 3
     else:
@@ -74,7 +90,7 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     for bk in bks:
         for bn in bns:
             for warps in warps_order:
-                c = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+                c = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, "TMA": 0}
                 if valid(c, problem, gpu):
                     return c
     raise ValueError(f"no valid gemv config for {problem}")

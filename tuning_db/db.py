@@ -97,6 +97,7 @@ class Entry:
 def check_config(template: Template, problem: Problem, gpu: GpuInfo, config: object, where: str) -> bool:
     """True when a config read from storage may be used; a logged warning otherwise (never raises)."""
     try:
+        config = template.space.complete(config)
         if len(canonical_json(config)) > MAX_CONFIG_CHARS:
             log.warning("%s: rejected an oversized config", where)
             return False
@@ -213,7 +214,7 @@ class TuningDB:
         for t in sorted((t for t in done if _finite(t.value)), key=lambda t: t.value):
             config = t.user_attrs.get("config")
             if check_config(template, problem, gpu, config, f"study {key[:12]} trial {t.number}"):
-                return dict(config), float(t.value)
+                return dict(template.space.complete(config)), float(t.value)
         return None
 
     def lookup(self, template: Template, problem: Problem, gpu: GpuInfo) -> Config | None:

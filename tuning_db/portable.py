@@ -58,7 +58,7 @@ def _check_entry(raw: object, resolve: Callable[[str], Template]):
     config = raw.get("config")
     if not check_config(template, fields.problem, gpu, config, f"import {fields.key[:12]}"):
         raise ValueError("config rejected")
-    return fields, gpu, template, dict(config), float(us)  # type: ignore[arg-type]
+    return fields, gpu, template, dict(template.space.complete(config)), float(us)  # type: ignore[arg-type]
 
 
 def import_entries(db: TuningDB, data: object,

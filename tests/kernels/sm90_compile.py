@@ -20,6 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ds4c.kernel_templates import _blas, get
 from ds4c.runtime.loader import load_source
@@ -40,6 +41,8 @@ def _signature(fn: JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict]:
             sig[p.name], consts[p.name] = "constexpr", v
         elif isinstance(v, torch.Tensor):
             sig[p.name] = POINTERS[v.dtype]
+        elif isinstance(v, TensorDescriptor):
+            sig[p.name] = f"tensordesc<{POINTERS[v.base.dtype][1:]}{list(v.block_shape)}>"
         elif isinstance(v, bool):
             sig[p.name] = "i1"
         elif isinstance(v, int):

@@ -3,6 +3,7 @@ hole, random valid configs, the search space and default, against the fp32 refer
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -101,7 +102,8 @@ def test_every_int8_value_converts_exactly(M, device):
     scale = torch.ones(256, C.scale_groups(K), device=device)
     out = torch.full((M, 256), float("nan"), device=device)
     x = torch.ones(M, K, device=device)
-    for c in ({"BLOCK_N": 8, "BLOCK_K": 64, "num_warps": 2, "num_stages": 1}, T.default(p, current_gpu())):
+    for c in ({"BLOCK_N": 8, "BLOCK_K": 64, "num_warps": 2, "num_stages": 1},
+              {"BLOCK_N": 8, "BLOCK_K": 128, "num_warps": 2, "num_stages": 2, "TMA": 1}, T.default(p, current_gpu())):
         load_source(T.source(p)).launch(out, x, w, scale, **T.launch_kwargs(p), **c)
         want = (K * (torch.arange(256) - 128)).float()[None, :].expand(M, 256)
         assert torch.equal(out.cpu(), want), c
@@ -133,7 +135,9 @@ def test_default_is_valid(gpu):
                 c = T.default(p, gpu)
                 assert T.valid(c, p, gpu), (p, c)
     decode = T.default(C.problem(1, 4096, 4096, "bfloat16"), H200)
-    assert decode == {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 2}
+    assert decode == {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 2, "TMA": 0}
+    int8 = T.default(C.problem(1, 4096, 14336, "bfloat16", w_dtype="int8"), H200)
+    assert int8 == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1}
 
 
 def test_space_and_rows():
@@ -142,7 +146,7 @@ def test_space_and_rows():
     for c in ({**good, "BLOCK_N": 12}, {**good, "BLOCK_K": 512.0}, {**good, "BLOCK_M": 1}, {}, "x"):
         assert not T.space.contains(c), c
     # the fp32 product tile must fit in registers: 16 rows of a 64x1024 tile do not
-    big = {"BLOCK_N": 64, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 2}
+    big = {"BLOCK_N": 64, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 2, "TMA": 0}
     assert not T.valid(big, C.problem(16, 4096, 4096, "bfloat16"), H200)
     # more than 16 rows is matmul's job
     p17 = C.problem(17, 64, 64, "bfloat16")
@@ -158,3 +162,40 @@ def test_launch_rejects_wrong_rows(device):
     x2, out2 = torch.cat([x, x]), torch.empty(2, 8, dtype=x.dtype, device=device)
     with pytest.raises(ValueError):
         mod.launch(out2, x2, w, eps=0.0, **T.default(p, current_gpu()))
+
+
+TMA = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 1, "num_stages": 2, "TMA": 1}
+
+
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("hole", ["int8", "fp8", "int8_rms_dual", "fp8_everything"])
+def test_tma_tiles(hole, M, device):
+    """Quantised weight tiles through tensor descriptors: N off the tile (the descriptor's zeros past the
+    last row), K a whole number of scale groups but not of K tiles (zeros past the last group)."""
+    run(C.problem(M, 33, 448, "bfloat16", **HOLES[hole]), device, config=TMA)
+    run(C.problem(M, 33, 448, "float32", **HOLES[hole]), device, config={**TMA, "BLOCK_K": 64})
+
+
+def test_tma_takes_quantised_weights_of_whole_groups_on_hopper():
+    q = C.problem(1, 4096, 4096, "bfloat16", w_dtype="int8")
+    assert T.valid(TMA, q, H200)
+    assert not T.valid(TMA, C.problem(1, 4096, 4096, "bfloat16"), H200)  # bf16 weights: the pointer loads
+    assert not T.valid(TMA, C.problem(1, 4096, 4100, "bfloat16", w_dtype="int8"), H200)  # a partial group
+    ampere = dataclasses.replace(H200, capability=(8, 0))
+    assert not T.valid(TMA, q, ampere)
+    assert T.default(q, ampere)["TMA"] == 0
+    assert T.space.complete({k: v for k, v in TMA.items() if k != "TMA"})["TMA"] == 0  # stored before TMA
+
+
+def test_tma_falls_back_to_pointer_loads_off_alignment(device):
+    """A weight that starts off TMA's 16-byte alignment (a view into a larger buffer) is read by pointers."""
+    p = C.problem(1, 40, 192, "float32", w_dtype="int8", n_extra=1, epilogue=("add", "acc", "e0"))
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    outs, (x, w, ws, e0) = T.make_inputs(p, device, gen)
+    buf = torch.empty(w.numel() + 8, dtype=torch.int8, device=device)
+    shifted = buf[8:].view(w.shape)
+    shifted.copy_(w)
+    assert shifted.data_ptr() % 16 != 0
+    outs[0].fill_(float("nan"))
+    load_source(T.source(p)).launch(outs[0], x, shifted, ws, e0, **T.launch_kwargs(p), **TMA)
+    assert_close(outs[0], T.reference(p, [x, w, ws, e0])[0])

@@ -21,6 +21,8 @@ DECODE = [
     ("gemv", C.problem(1, 6144, 4096, "bfloat16", rms_eps=1e-5)),
     ("gemv", C.problem(1, 14336, 4096, "bfloat16", rms_eps=1e-5, dual=True, epilogue=C.SWIGLU)),
     ("gemv", C.problem(1, 4096, 14336, "bfloat16", n_extra=1, epilogue=("add", "e0", "acc"))),
+    # int8 weights (precision mode "mixed"): the H200 default loads them through tensor descriptors
+    ("gemv", C.problem(1, 14336, 4096, "bfloat16", w_dtype="int8", rms_eps=1e-5, dual=True, epilogue=C.SWIGLU)),
     ("rope_kv", {"B": 1, "Hq": 32, "Hkv": 8, "T": 1, "D": 128, "S_max": 4096, "dtype": "bfloat16",
                  "cos_dtype": "float32"}),
     ("decode_attention", {"B": 1, "Hq": 32, "Hkv": 8, "S_max": 4096, "D": 128, "dtype": "bfloat16",
@@ -71,7 +73,7 @@ def test_h200_defaults_compile_for_sm90_at_prefill_shapes():
 def test_decode_kernels_compile_for_sm90_with_and_without_pdl():
     for pdl in (True, False):
         results = _run([[name, p, get(name).default(p, H200), {"pdl": pdl}] for name, p in DECODE])
-        assert [len(r) for r in results] == [1, 1, 1, 1, 2, 1, 2, 2]  # decode attention: split and combine
+        assert [len(r) for r in results] == [1, 1, 1, 1, 1, 2, 1, 2, 2]  # decode attention: split and combine
         for launches in results:
             for k in launches:
                 assert k["cubin_bytes"] > 0 and k["shared"] <= H200.smem_per_block

@@ -436,3 +436,24 @@ def test_tuning_workers_share_the_cpus_for_compile_processes(monkeypatch):
     assert [tuner.default_compile_workers(n) for n in (1, 2, 4, 32)] == [8, 8, 4, 1]
     monkeypatch.setattr(tuner, "default_device", lambda: torch.device("cpu"))
     assert tuner.default_compile_workers(4) == 0
+
+
+def test_a_config_stored_before_a_parameter_existed_reads_with_its_implied_value(db_url, tmp_path):
+    """A parameter added to a space later (vecadd's TAIL here, declared implied=0) leaves stored configs
+    without it: the database completes them on every read and import, and the result passes the space."""
+    vec = dataclasses.replace(VECADD, space=dataclasses.replace(VECADD.space, implied=(("TAIL", 0),)))
+    p = {"n": 256, "dtype": "float32"}  # a multiple of every BLOCK: TAIL=0 is valid
+    db = TuningDB(db_url)
+    fields = key_fields(vec, p, INTERPRETER)
+    study = db.study(fields, INTERPRETER)
+    old = {"BLOCK": 64, "num_warps": 2}
+    study.add_trial(optuna.trial.create_trial(value=5.0, user_attrs={"config": old}))
+    assert db.lookup(vec, p, INTERPRETER) == {**old, "TAIL": 0}
+    assert db.lookup(VECADD, p, INTERPRETER) is None  # without the declaration it is not in the space
+    data = export_entries(db)
+    assert data["entries"][0]["config"] == old  # stored as it came
+    fresh = TuningDB(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert import_entries(fresh, data, lambda name: vec) == (1, 0)
+    assert fresh.lookup(vec, p, INTERPRETER) == {**old, "TAIL": 0}
+    assert vec.space.complete({**old, "TAIL": 1}) == {**old, "TAIL": 1}  # a value present is kept
+    assert vec.space.complete("x") == "x"
