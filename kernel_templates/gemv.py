@@ -65,9 +65,10 @@ def valid(config: Config, problem: Problem, gpu: GpuInfo) -> bool:
 
 
 def tma_ok(p: Problem, gpu: GpuInfo) -> bool:
-    """TMA=1 takes the problem: quantised weights of whole scale groups per row (the descriptor views W as
-    [N, K / G, G]), on a GPU with TMA or the interpreter."""
-    return (p["w_dtype"] != "same" and p["K"] % QUANT_GROUP == 0
+    """TMA=1 takes the problem: one row of x, quantised weights of whole scale groups per row (the descriptor
+    views W as [N, K / G, G]), on a GPU with TMA or the interpreter. Several rows through TMA tiles computed
+    wrong results on the H200 (Triton 3.6) where the interpreter's were right, so they keep the pointer loads."""
+    return (p["M"] == 1 and p["w_dtype"] != "same" and p["K"] % QUANT_GROUP == 0
             and (gpu.is_interpreter or gpu.capability >= (9, 0)))
 
 
@@ -77,11 +78,15 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     bf16 weights: BLOCK_N 8-16, BLOCK_K 256-512, 4 warps, 2 stages. int8/fp8 weights (a byte per weight, an
     accumulator per scale group): BLOCK_N 4, BLOCK_K 1024, 3 stages; tuned Llama-3.1-8B gate/up and down
     projections took these tiles (34.9 and 21.7 us, bench/results/2026-12-03-tuning-db-h200-run9.json).
-    Where TMA takes the problem, quantised weights take BLOCK_N 4, BLOCK_K 1024, one warp, 3 stages through
-    TMA: the best of 20 random TMA tiles on both of those projections (33.5 and 18.6 us against the pointer
-    tiles' 38.0 and 20.9 us in the same run, bench/results/2026-12-04-gemv-tma-probe-h200.json)."""
+    Where TMA takes the problem, one quantised weight (not dual) takes BLOCK_N 4, BLOCK_K 1024, one warp,
+    3 stages through TMA: the best of 20 random TMA tiles on the down projection (18.6 us against the pointer
+    tiles' 20.9, bench/results/2026-12-04-gemv-tma-probe-h200.json), and TMA tiles won the tuning of the
+    down projection and output head in a model (18.55 and 140.9 us). Dual weights keep the pointer tiles:
+    without the RMSNorm prologue the probe's best TMA tile beat them (33.5 against 38.0 us), but with it, as
+    a decoder's gate/up runs, the tuner's best in 30 trials from the TMA default was a pointer tile (39.2 us;
+    bench/results/2026-12-04-tuning-db-h200-run16.json)."""
     tma = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1}
-    if not gpu.is_interpreter and valid(tma, problem, gpu):
+    if not gpu.is_interpreter and not problem["dual"] and valid(tma, problem, gpu):
         return tma
     if problem["w_dtype"] != "same":
         bks, bns, warps_order, stages = (1024, 512, 256, 128, 64), (4, 8, 2, 16, 32), (4, 8, 2, 1), 3
