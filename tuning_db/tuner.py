@@ -121,13 +121,16 @@ class _State:
     seen: dict  # config json -> (state, value, reason) of counted finished trials
 
 
-def study_state(study: optuna.Study) -> _State:
+def study_state(study: optuna.Study, complete: Callable[[object], object] = lambda c: c) -> _State:
+    """Counted trials so far; complete (a template's space.complete) fills in the parameters a config
+    stored before they existed lacks, so that it is seen as the config it was."""
     best, since, seen, n = math.inf, 0, {}, 0
     for t in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number):
         if not t.user_attrs.get("counted"):
             continue
         n += 1
-        seen.setdefault(canonical_json(t.user_attrs.get("config")), (t.state, t.value, t.user_attrs.get("reason")))
+        seen.setdefault(canonical_json(complete(t.user_attrs.get("config"))),
+                        (t.state, t.value, t.user_attrs.get("reason")))
         if t.state == TrialState.COMPLETE and t.value < best:
             best, since = t.value, 0
         else:
@@ -291,7 +294,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     idle_wait = IDLE_WAIT_S[0]
     try:
         while valid:
-            state = study_state(study)
+            state = study_state(study, template.space.complete)
             stop = _stop_reason(state, settings, len(valid), t0, attempts)
             room = _room(study, settings)
             batch = []
@@ -339,7 +342,7 @@ def tune(template: Template, problem: Problem, db: TuningDB, gpu: GpuInfo,
     finally:
         if pool is not None:
             pool.shutdown()
-    return _result(db, template, problem, gpu, fields.key, study_state(study), ran, stop)
+    return _result(db, template, problem, gpu, fields.key, study_state(study, template.space.complete), ran, stop)
 
 
 def _result(db, template, problem, gpu, key, state: _State, ran, stop) -> TuneResult:
@@ -362,4 +365,4 @@ def summarize(db: TuningDB, template: Template, problem: Problem, gpu: GpuInfo, 
     if sid is None:
         return TuneResult(fields.key, template.name, problem, None, None, 0, ran, stop)
     study = optuna.load_study(study_name=db.storage.get_study_name_from_id(sid), storage=db.storage)
-    return _result(db, template, problem, gpu, fields.key, study_state(study), list(ran), stop)
+    return _result(db, template, problem, gpu, fields.key, study_state(study, template.space.complete), list(ran), stop)

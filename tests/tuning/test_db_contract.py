@@ -457,3 +457,21 @@ def test_a_config_stored_before_a_parameter_existed_reads_with_its_implied_value
     assert fresh.lookup(vec, p, INTERPRETER) == {**old, "TAIL": 0}
     assert vec.space.complete({**old, "TAIL": 1}) == {**old, "TAIL": 1}  # a value present is kept
     assert vec.space.complete("x") == "x"
+
+
+def test_the_tuner_sees_a_config_stored_before_a_parameter_existed_as_measured(db_url):
+    """The exhaustive grid over a space that gained TAIL (implied 0) measures every valid config but the one a
+    trial stored without TAIL already measured."""
+    vec = dataclasses.replace(VECADD, space=dataclasses.replace(VECADD.space, implied=(("TAIL", 0),)))
+    p = {"n": 256, "dtype": "float32"}
+    db = TuningDB(db_url)
+    study = db.study(key_fields(vec, p, INTERPRETER), INTERPRETER)
+    old = {"BLOCK": 64, "num_warps": 2}
+    study.add_trial(optuna.trial.create_trial(value=5.0, user_attrs={"config": old, "counted": True}))
+    r = tune(vec, p, db, INTERPRETER, TuneSettings(trials=1000, sampler="grid"))
+    valid = valid_configs(vec, p, INTERPRETER)
+    assert r.stop == "exhausted" and r.measured == len(valid)
+    measured = [t.user_attrs["config"] for t in db.trials(r.key, (TrialState.COMPLETE, TrialState.FAIL))
+                if t.user_attrs.get("counted")]
+    assert {**old, "TAIL": 0} not in measured
+    assert len(measured) == len(valid)  # the old trial and the rest, each once
