@@ -2,7 +2,8 @@
 
 The gemv template multiplies each weight by x on the fp32 pipe from a [BLOCK_N, BLOCK_K] tile; int8 weights
 first go through a float-bits conversion and are summed per scale group each step. Variants (--variants):
-  - template: the gemv template (its default and --sweep random valid configs);
+  - template / template-tma: the gemv template, its default and --sweep random valid configs of each TMA value
+    in --template-tma (--rms: with the RMSNorm prologue, as a decoder's gate/up runs);
   - mma0/mma1/mma2: rows of x padded to 16 and each weight tile into `tl.dot` (tensor cores): bf16 weights
     straight in (mma0); int8 weights as exact fp16 (4 bytes in 3 integer/fp16x2 instructions) with one dot per
     scale group scaled in fp32 after it (mma1), or prescaled in fp16 with one dot per K tile (mma2);
@@ -18,7 +19,7 @@ energy per launch read from NVML over about a second of CUDA graph replays (pj_p
 bytes the template's cost model counts).
 
     python bench/gemv_probe.py --out probe.json [--sweep 24] [--shapes gate_up,down] [--w-dtypes int8,same]
-        [--variants template,mma0,...]
+        [--variants template,mma0,...] [--rms] [--template-tma 0,1]
 """
 
 from __future__ import annotations
@@ -371,7 +372,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--variants", default="template,mma0,mma1,mma2,flat0,flat1")
     ap.add_argument("--w-dtypes", default="int8,same")
+    ap.add_argument("--rms", action="store_true",
+                    help="with the RMSNorm prologue, as a decoder's gate/up and qkv run (template variants only)")
+    ap.add_argument("--template-tma", default="0,1",
+                    help="TMA values the template's sweep draws from, --sweep configs each (e.g. 1)")
     args = ap.parse_args()
+    if args.rms and set(args.variants.split(",")) - {"template"}:
+        ap.error("--rms: only the template has the RMSNorm prologue")
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
     meter, why = EnergyMeter.open(dev)
@@ -381,7 +388,7 @@ def main() -> None:
         N, K, dual = SHAPES[name]
         for w_dtype in args.w_dtypes.split(","):
             p = C.problem(args.rows, N, K, "bfloat16", w_dtype=w_dtype, dual=dual,
-                          epilogue=C.SWIGLU if dual else "acc")
+                          rms_eps=1e-5 if args.rms else None, epilogue=C.SWIGLU if dual else "acc")
             tmpl = get("gemv")
             outs, ins = tmpl.make_inputs(p, dev, gen)
             a = dict(zip(C.arg_names(p), ins, strict=True))
@@ -395,16 +402,20 @@ def main() -> None:
             if dual:
                 r2 = x.double() @ weight("w2").T
                 ref = torch.nn.functional.silu(ref) * r2
+            if args.rms:  # the template's own fp32 reference, norm included
+                ref = tmpl.reference(p, ins)[0].to(dev)
             nbytes = tmpl.cost(p)[1]
             candidates = []  # (variant, config, fn)
             mod = load_source(tmpl.source(p))
             kw = tmpl.launch_kwargs(p)
-            space = [c for c in tmpl.space.grid() if tmpl.valid(c, p, gpu)]
-            picks = [tmpl.default(p, gpu)] + random.Random(0).sample(space, min(args.sweep, len(space)))
+            picks = [tmpl.default(p, gpu)]
+            for tma in (int(v) for v in args.template_tma.split(",")):
+                space = [c for c in tmpl.space.grid() if tmpl.valid(c, p, gpu) and c["TMA"] == tma]
+                picks += [c for c in random.Random(0).sample(space, min(args.sweep, len(space))) if c not in picks]
             for c in picks:
                 def run_template(c=c, mod=mod, outs=outs, ins=ins, kw=kw):
                     mod.launch(*outs, *ins, **kw, **c)
-                candidates.append(("template", c, run_template))
+                candidates.append(("template-tma" if c["TMA"] else "template", c, run_template))
             out = outs[0]
             w2 = a.get("w2", a["w"])
             s1 = a.get("w_scale", a["w"])
@@ -468,7 +479,7 @@ def main() -> None:
                                    DUAL=dual, QUANT=quant, STAGES=c["num_stages"])
                     candidates.append(("tma", c, fn))
             if "template" not in args.variants:
-                candidates = [cand for cand in candidates if cand[0] != "template"]
+                candidates = [cand for cand in candidates if not cand[0].startswith("template")]
             best: dict[str, tuple] = {}
             for variant, c, fn in candidates:
                 out.fill_(float("nan"))
@@ -488,7 +499,7 @@ def main() -> None:
                 if variant not in best or us < best[variant][0]:
                     best[variant] = (us, c, fn, err)
             for variant, (us, c, fn, err) in best.items():
-                row = {"shape": name, "N": N, "K": K, "dual": dual, "M": args.rows, "w_dtype": w_dtype,
+                row = {"shape": name, "N": N, "K": K, "dual": dual, "rms": args.rms, "M": args.rows, "w_dtype": w_dtype,
                        "variant": variant, "config": c, "rel_err": err, "us": us, "gbps": nbytes / us / 1e3}
                 if meter is not None:
                     e = _energy(fn, meter)
