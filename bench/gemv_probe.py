@@ -28,6 +28,7 @@ import argparse
 import itertools
 import json
 import random
+import sys
 import time
 
 import torch
@@ -508,7 +509,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     rec = {"kind": "gemv-probe", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "commit": git_commit(), "energy": why or "nvml", "rows": rows,
-           "command": "python bench/gemv_probe.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items())}
+           "command": "python bench/gemv_probe.py " + " ".join(sys.argv[1:])}
     with open(args.out, "w") as f:
         json.dump(rec, f, indent=1)
 

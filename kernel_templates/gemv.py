@@ -81,13 +81,15 @@ def default(problem: Problem, gpu: GpuInfo) -> Config:
     Where TMA takes the problem, one quantised weight (not dual) takes BLOCK_N 4, BLOCK_K 1024, one warp,
     3 stages through TMA: the best of 20 random TMA tiles on the down projection (18.6 us against the pointer
     tiles' 20.9, bench/results/2026-12-04-gemv-tma-probe-h200.json), and TMA tiles won the tuning of the
-    down projection and output head in a model (18.55 and 140.9 us). Dual weights keep the pointer tiles:
-    without the RMSNorm prologue the probe's best TMA tile beat them (33.5 against 38.0 us), but with it, as
-    a decoder's gate/up runs, the tuner's best in 30 trials from the TMA default was a pointer tile (39.2 us;
-    bench/results/2026-12-04-tuning-db-h200-run16.json)."""
-    tma = {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1}
-    if not gpu.is_interpreter and not problem["dual"] and valid(tma, problem, gpu):
-        return tma
+    down projection and output head in a model (18.55 and 140.9 us). One row of dual quantised weights
+    takes BLOCK_N 8, BLOCK_K 256, one warp, one stage by pointers: with the RMSNorm prologue, as a decoder's
+    gate/up runs, the best of 36 random pointer tiles (35.6 us, 205 pJ/B) and of 36 TMA tiles (35.4 us,
+    213 pJ/B) were even (bench/results/2026-12-04-gemv-rms-probe-h200.json)."""
+    if not gpu.is_interpreter and problem["w_dtype"] != "same" and problem["M"] == 1:
+        first = ({"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 1, "num_stages": 1, "TMA": 0} if problem["dual"]
+                 else {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1})
+        if valid(first, problem, gpu):
+            return first
     if problem["w_dtype"] != "same":
         bks, bns, warps_order, stages = (1024, 512, 256, 128, 64), (4, 8, 2, 16, 32), (4, 8, 2, 1), 3
     else:

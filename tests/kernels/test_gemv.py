@@ -139,7 +139,9 @@ def test_default_is_valid(gpu):
     int8 = T.default(C.problem(1, 4096, 14336, "bfloat16", w_dtype="int8"), H200)
     assert int8 == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 1, "num_stages": 3, "TMA": 1}
     dual = C.problem(1, 14336, 4096, "bfloat16", w_dtype="int8", dual=True, epilogue=C.SWIGLU)
-    assert T.default(dual, H200)["TMA"] == 0
+    assert T.default(dual, H200) == {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 1, "num_stages": 1, "TMA": 0}
+    several = T.default(C.problem(3, 14336, 4096, "bfloat16", w_dtype="int8", dual=True, epilogue=C.SWIGLU), H200)
+    assert several["TMA"] == 0 and several["BLOCK_K"] == 1024
 
 
 def test_space_and_rows():
