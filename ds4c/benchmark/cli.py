@@ -26,12 +26,14 @@ ROWS = (  # (label, record key in the engine dict, format)
     ("SM MHz prefill / decode", ("prefill_sm_mhz", "decode_sm_mhz"), "{:.0f} / {:.0f}"),
     ("GPU C prefill / decode", ("prefill_temp_c", "decode_temp_c"), "{:.0f} / {:.0f}"),
     ("peak mem GiB", "peak_mem_gib", "{:.2f}"),
+    ("peak GiB, own weights", "peak_mem_gib_own", "{:.2f}"),
     ("launches / step", "launches_per_step", "{:.1f}"),
     ("compile s cold", "compile_s_cold", "{:.3g}"),
     ("compile s warm", "compile_s_warm", "{:.3g}"),
     ("decode / roofline", "decode_roofline_share", "{:.2f}"),
     ("prefill / roofline", "prefill_roofline_share", "{:.2f}"),
 )
+OPTIONAL_ROWS = ("peak_mem_gib_own",)  # shown only where some engine has the figure
 
 
 def _cell(e: dict, key, fmt: str) -> str:
@@ -53,6 +55,8 @@ def summary_table(rec: dict):
     for name in engines:
         t.add_column(name, justify="right")
     for label, key, fmt in ROWS:
+        if key in OPTIONAL_ROWS and all(e.get(key) is None for e in engines.values()):
+            continue
         t.add_row(label, *(_cell(e, key, fmt) for e in engines.values()))
     ratios = rec.get("vs_best_inductor", {})
     for phase in ("prefill", "decode", "energy"):

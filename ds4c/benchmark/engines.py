@@ -36,6 +36,7 @@ class Engine:
     modes: dict = field(default_factory=dict)  # what each phase runs as, for the record
     handle: object = None  # keeps compiled objects alive while the engine is
     describe: Callable[[], dict] | None = None  # modes as they turned out after the run (replaces `modes`)
+    reads: Callable[[], list[torch.Tensor]] | None = None  # the model tensors it reads (None: all of them)
 
     def modes_now(self) -> dict:
         return dict(self.describe() if self.describe is not None else self.modes)
@@ -84,7 +85,8 @@ def _ds4c(model, prompt_len: int, opts: BuildOptions, pdl: bool = False, precisi
         return {"prefill": f"ds4c plan, {runner.runs_as('prefill')}{extra}",
                 "decode": f"ds4c plan, {runner.runs_as('decode')}{extra}{pdl_note}"}
 
-    return Engine(name, compiled.prefill, compiled.decode, describe(), handle=compiled, describe=describe)
+    return Engine(name, compiled.prefill, compiled.decode, describe(), handle=compiled, describe=describe,
+                  reads=lambda: list(runner.weights.values()))
 
 
 def _ds4c_pdl(model, prompt_len: int, opts: BuildOptions) -> Engine:

@@ -297,6 +297,19 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def unread_gib(model: torch.nn.Module, reads: list[torch.Tensor]) -> float:
+    """GiB of the model's parameters that share storage with none of `reads`: weights an engine reading only
+    those tensors lets go when it loads a checkpoint itself (ds4c-mixed keeps int8 copies of its FFN and head
+    weights), but that the benchmark's one model object keeps for the other engines."""
+    read = {t.untyped_storage().data_ptr() for t in reads}
+    unread: dict[int, int] = {}
+    for p in model.parameters():
+        storage = p.untyped_storage()
+        if storage.data_ptr() not in read:
+            unread[storage.data_ptr()] = storage.nbytes()
+    return sum(unread.values()) / 2**30
+
+
 def free_memory(device: torch.device) -> None:
     """Drop compiled graphs and cached blocks, so one engine's leftovers do not weigh on the next."""
     import gc

@@ -57,6 +57,8 @@ class EngineResult:
     prefill_sm_mhz: float | None = None  # mean SM clock over them: below the maximum at the power limit
     prefill_temp_c: float | None = None
     peak_mem_gib: float | None = None
+    unread_weights_gib: float | None = None  # model parameters the engine does not read (measure.unread_gib)
+    peak_mem_gib_own: float | None = None  # peak_mem_gib less unread_weights_gib: the engine's own peak
     launches_per_step: float | None = None
     compile_s_cold: float | None = None
     compile_s_warm: float | None = None

@@ -206,6 +206,7 @@ def test_runner_tiny_llama_eager(monkeypatch):
     assert 0 < e["ttft_ms_p10"] <= e["ttft_ms"] <= e["ttft_ms_p90"]
     assert e["decode_tok_s"] > 0 and e["compile_s_cold"] > 0 and e["compile_s_warm"] > 0
     assert e["error"] is None and e["modes"] == {"prefill": "eager", "decode": "eager"}
+    assert e["unread_weights_gib"] is None and e["peak_mem_gib_own"] is None  # eager reads the whole model
     assert e["decode_roofline_share"] == pytest.approx(e["decode_tok_s"] / rec["roofline"]["decode_tok_s"])
     assert e["prefill_roofline_share"] == pytest.approx(rec["roofline"]["prefill_ms"] / e["ttft_ms"])
     # bf16 against fp32: small but not zero (a zero would mean the reference is not independent)
@@ -397,6 +398,7 @@ def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
     from ds4c.runtime.llm import pdl_supported
 
     e = _tiny_run_with("ds4c-pdl", tmp_path)
+    assert e["unread_weights_gib"] == 0  # bf16: every weight is read, QKV's through views of its concatenation
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     expected = "ds4c plan, " + ("one CUDA graph replay" if device.type == "cuda" else "step by step")
     if pdl_supported(device):
@@ -405,6 +407,21 @@ def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
 
 
 def test_cli_ds4c_mixed_engine_runs_int8_ffn_weights_only_when_asked(tmp_path):
-    """ds4c-mixed is the ds4c engine with precision "mixed" (int8 FFN and head weights)."""
+    """ds4c-mixed is the ds4c engine with precision "mixed" (int8 FFN and head weights). The bf16 FFN and
+    head weights it does not read are counted apart: tiny-llama's 2 layers of 3 [160, 64] projections and an
+    untied [256, 64] head, in bf16."""
     e = _tiny_run_with("ds4c-mixed", tmp_path)
     assert e["modes"]["prefill"].endswith("precision mixed")
+    assert e["unread_weights_gib"] * 2**30 == (2 * 3 * 160 * 64 + 256 * 64) * 2
+    assert (e["peak_mem_gib_own"] is None) == (e["peak_mem_gib"] is None)
+
+
+def test_unread_gib_counts_parameters_by_storage():
+    """A parameter read through a view of its storage is read; each unread storage counts once."""
+    m = torch.nn.Module()
+    m.a = torch.nn.Parameter(torch.zeros(4, 8))  # 128 bytes, read through a view
+    m.b = torch.nn.Parameter(torch.zeros(16, dtype=torch.bfloat16))  # 32 bytes, unread
+    m.c = torch.nn.Parameter(torch.zeros(3))  # 12 bytes, read
+    assert measure.unread_gib(m, [m.a.detach()[1:], m.c.detach()]) * 2**30 == 32
+    assert measure.unread_gib(m, []) * 2**30 == 128 + 32 + 12
+    assert measure.unread_gib(m, list(m.parameters())) == 0
