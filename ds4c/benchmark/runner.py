@@ -215,7 +215,7 @@ def bench_engine(name: str, model, spec: BenchSpec, inputs: Inputs, device: torc
         decode_sm_mhz=decode_clock.mean_mhz, decode_temp_c=decode_clock.mean_temp_c, prefill_j=prefill_j,
         prefill_watts=prefill_watts, prefill_sm_mhz=prefill_clock.mean_mhz, prefill_temp_c=prefill_clock.mean_temp_c,
         peak_mem_gib=peak, unread_weights_gib=unread,
-        peak_mem_gib_own=peak - unread if peak is not None and unread else None,
+        peak_mem_gib_own=peak - unread if peak is not None and unread is not None else None,
         launches_per_step=launches, compile_s_cold=cold, compile_s_warm=warm,
         decode_roofline_share=tok_s / floors["decode_tok_s"] if floors["decode_tok_s"] else None,
         prefill_roofline_share=floors["prefill_ms"] / ttft.median if ttft.median > 0 else None,

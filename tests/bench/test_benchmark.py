@@ -399,6 +399,7 @@ def test_cli_ds4c_pdl_engine_runs_only_when_asked(tmp_path):
 
     e = _tiny_run_with("ds4c-pdl", tmp_path)
     assert e["unread_weights_gib"] == 0  # bf16: every weight is read, QKV's through views of its concatenation
+    assert e["peak_mem_gib_own"] == e["peak_mem_gib"]  # on a GPU; None on the CPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     expected = "ds4c plan, " + ("one CUDA graph replay" if device.type == "cuda" else "step by step")
     if pdl_supported(device):
