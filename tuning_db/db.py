@@ -94,24 +94,26 @@ class Entry:
                 "config": self.config, "us": self.us}
 
 
-def check_config(template: Template, problem: Problem, gpu: GpuInfo, config: object, where: str) -> bool:
-    """True when a config read from storage may be used; a logged warning otherwise (never raises)."""
+def checked_config(template: Template, problem: Problem, gpu: GpuInfo, config: object, where: str
+                   ) -> Config | None:
+    """A config read from storage, completed with its space's implied parameters, when it may be used;
+    None with a logged warning otherwise (never raises)."""
     try:
         config = template.space.complete(config)
         if len(canonical_json(config)) > MAX_CONFIG_CHARS:
             log.warning("%s: rejected an oversized config", where)
-            return False
+            return None
         if not template.space.contains(config):
             log.warning("%s: rejected config %.200s (not in the search space)", where, canonical_json(config))
-            return False
+            return None
         if not template.valid(dict(config), problem, gpu):  # type: ignore[arg-type]
             log.warning("%s: rejected config %.200s (not valid for this problem)", where,
                         canonical_json(config))
-            return False
+            return None
     except Exception as e:
         log.warning("%s: rejected a config that could not be checked (%s)", where, type(e).__name__)
-        return False
-    return True
+        return None
+    return dict(config)  # type: ignore[arg-type]
 
 
 def gpu_from_json(d: object) -> GpuInfo:
@@ -209,12 +211,13 @@ class TuningDB:
     # --- reading configs -----------------------------------------------------------------------------
     def best_valid(self, key: str, template: Template, problem: Problem, gpu: GpuInfo
                    ) -> tuple[Config, float] | None:
-        """The fastest COMPLETE trial of key whose config passes check_config, with its time."""
+        """The fastest COMPLETE trial of key whose config passes checked_config, with its time."""
         done = self.trials(key, (TrialState.COMPLETE,))
         for t in sorted((t for t in done if _finite(t.value)), key=lambda t: t.value):
-            config = t.user_attrs.get("config")
-            if check_config(template, problem, gpu, config, f"study {key[:12]} trial {t.number}"):
-                return dict(template.space.complete(config)), float(t.value)
+            config = checked_config(template, problem, gpu, t.user_attrs.get("config"),
+                                    f"study {key[:12]} trial {t.number}")
+            if config is not None:
+                return config, float(t.value)
         return None
 
     def lookup(self, template: Template, problem: Problem, gpu: GpuInfo) -> Config | None:

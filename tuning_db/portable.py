@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from ds4c import kernel_templates
 from ds4c.kernel_templates.base import Config, Template
 
-from .db import TuningDB, check_config, gpu_from_json, log
+from .db import TuningDB, checked_config, gpu_from_json, log
 from .key import KeyFields
 
 EXPORT_KIND = "ds4c-tuning-export"
@@ -55,10 +55,10 @@ def _check_entry(raw: object, resolve: Callable[[str], Template]):
         template = resolve(fields.template)
     except KeyError:
         raise ValueError(f"unknown template {fields.template!r}") from None
-    config = raw.get("config")
-    if not check_config(template, fields.problem, gpu, config, f"import {fields.key[:12]}"):
+    config = checked_config(template, fields.problem, gpu, raw.get("config"), f"import {fields.key[:12]}")
+    if config is None:
         raise ValueError("config rejected")
-    return fields, gpu, template, dict(template.space.complete(config)), float(us)  # type: ignore[arg-type]
+    return fields, gpu, template, config, float(us)
 
 
 def import_entries(db: TuningDB, data: object,
